@@ -1,0 +1,38 @@
+"""How Celery reaches Amazon SQS: kombu's SQS transport (pycurl) against AWS or a local endpoint."""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from kombu.utils.url import safequote
+
+from daas.config import Settings
+
+LOCAL_CREDENTIALS = ("testing", "testing")  # the local endpoint accepts any credentials
+
+
+def broker_url(settings: Settings) -> str:
+    """`sqs://` for AWS (boto3's credential chain); key, secret, host and port for a local endpoint.
+
+    kombu builds the SQS endpoint from the URL's host and port; it has no endpoint option.
+    """
+    if not settings.aws_endpoint:
+        return "sqs://"
+    endpoint = urlsplit(settings.aws_endpoint)
+    key = os.environ.get("AWS_ACCESS_KEY_ID", LOCAL_CREDENTIALS[0])
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", LOCAL_CREDENTIALS[1])
+    return f"sqs://{safequote(key)}:{safequote(secret)}@{endpoint.hostname}:{endpoint.port}"
+
+
+def transport_options(settings: Settings) -> dict:
+    return {
+        "region": settings.region,
+        "is_secure": not settings.aws_endpoint.startswith("http://"),
+        # Long polling: a receive returns as soon as a message arrives, else after 10 s; no
+        # extra sleep after an empty poll, so a new message is never left waiting.
+        "wait_time_seconds": 10,
+        "polling_interval": 0,
+        # Only used when kombu itself creates a queue; ours are created by `daas init` with
+        # the same timeout. It must exceed the longest task plus its time waiting in prefetch.
+        "visibility_timeout": settings.visibility_timeout,
+    }

@@ -1,0 +1,172 @@
+"""`python -m daas COMMAND`: run the stack or one of its parts, classify files, benchmark."""
+from __future__ import annotations
+
+import argparse
+import csv
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+from daas import config
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """The whole stack on this machine: local AWS endpoint (unless --aws), web, controller, beat, Flower."""
+    from daas import aws
+    from daas.stack import Stack
+
+    settings = config.load()
+    if not settings.flower_user or not settings.flower_password:
+        settings = settings.with_(flower_user=settings.flower_user or "admin",
+                                  flower_password=settings.flower_password or secrets.token_urlsafe(12))
+    stack = Stack(settings, log_dir=settings.state_dir / "logs")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        if not args.aws:
+            stack.start_local_aws()
+        aws.ensure_resources(stack.settings)
+        stack.start_controller()
+        web_url = stack.start_web()
+        flower_url = stack.start_flower()
+        print(f"daas is up (provider: {settings.provider}; logs in {settings.state_dir / 'logs'})\n"
+              f"  upload form  {web_url}/\n"
+              f"  API          {web_url}/api/jobs\n"
+              f"  Flower       {flower_url}/  (user {settings.flower_user}, password {settings.flower_password})\n"
+              f"  AWS endpoint {stack.settings.aws_endpoint or 'AWS ' + settings.region}\n"
+              "Workers start when images arrive and power off when idle. Ctrl-C stops everything.",
+              flush=True)
+        while all(p.poll() is None for p in stack.processes.values()):
+            time.sleep(0.5)
+        failed = [name for name, p in stack.processes.items() if p.poll() is not None]
+        print(f"stopping: {', '.join(failed)} exited (see its log)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("stopping all processes…", flush=True)
+        stack.stop()
+
+
+def cmd_init(_args: argparse.Namespace) -> int:
+    from daas import aws
+
+    settings = config.load()
+    aws.ensure_resources(settings)
+    print(f"ready: buckets {settings.input_bucket}, {settings.output_bucket}; "
+          f"queues {settings.queue} (+ {settings.dead_letter_queue}), {settings.control_queue}")
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from web import create_app
+
+    settings = config.load()
+    create_app(settings).run(host=settings.host, port=settings.web_port, threaded=True)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from daas import worker
+
+    return worker.run(ready_dir=args.ready_dir)
+
+
+def _image_files(paths: list[str]) -> list[Path]:
+    suffixes = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    files = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SystemExit(f"no such file or folder: {raw}")
+    return files
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Send files through the service's API and print (or write) their labels."""
+    from daas.client import ServiceClient
+
+    files = _image_files(args.paths)
+    if not files:
+        print("no image files found", file=sys.stderr)
+        return 2
+    results = ServiceClient(args.url).classify_files(files, batch=args.batch, timeout=args.timeout)
+    failed = 0
+    for result in results:
+        if result["status"] == "done":
+            print(f"{result['name']}: {result['label']} ({result['score']:.2f})")
+        else:
+            failed += 1
+            print(f"{result['name']}: ERROR {result.get('error') or result['status']}")
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["name", "status", "label", "score", "error"])
+            for r in results:
+                writer.writerow([r["name"], r["status"], r.get("label") or "", r.get("score") or "", r.get("error") or ""])
+    return 1 if failed else 0
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from daas import timeline
+
+    settings = config.load()
+    records = timeline.read(settings.state_dir)
+    if args.plot:
+        timeline.plot(records, Path(args.plot))
+        print(f"wrote {args.plot} ({len(records)} scaling decisions)")
+    else:
+        for record in records[-args.last:]:
+            print(record)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from daas import bench
+
+    return bench.main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    settings = config.load()
+    root = argparse.ArgumentParser(prog="python -m daas", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole stack on this machine")
+    up.add_argument("--aws", action="store_true", help="use real AWS instead of a local endpoint")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("init", help="create the buckets and queues").set_defaults(func=cmd_init)
+    sub.add_parser("web", help="run the web tier").set_defaults(func=cmd_web)
+    worker = sub.add_parser("worker", help="run a classification worker")
+    worker.add_argument("--ready-dir", help="write <pid>.ready here once the worker consumes")
+    worker.set_defaults(func=cmd_worker)
+
+    classify = sub.add_parser("classify", help="classify image files or folders through the service")
+    classify.add_argument("paths", nargs="+")
+    classify.add_argument("--url", default=f"http://{settings.host}:{settings.web_port}")
+    classify.add_argument("--csv", help="also write the results to this CSV file")
+    classify.add_argument("--batch", type=int, default=50, help="images per upload request")
+    classify.add_argument("--timeout", type=float, default=600, help="seconds to wait for all labels")
+    classify.set_defaults(func=cmd_classify)
+
+    tl = sub.add_parser("timeline", help="the autoscaler's decisions; --plot draws them")
+    tl.add_argument("--plot", help="write a PNG plot of queue depth and workers over time")
+    tl.add_argument("--last", type=int, default=20)
+    tl.set_defaults(func=cmd_timeline)
+
+    bench = sub.add_parser("bench", help="benchmarks (see README)")
+    bench.add_argument("which", nargs="?", default="all", choices=["all", "scaling"])
+    bench.add_argument("--out", default="bench-results", help="folder for JSON and plots")
+    bench.add_argument("--images", type=int, default=60, help="images in the throughput runs")
+    bench.set_defaults(func=cmd_bench)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)

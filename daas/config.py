@@ -1,0 +1,124 @@
+"""All configuration, read from environment variables with documented defaults.
+
+Every process of the service (web tier, controller, workers, CLI, tests) builds its settings
+here and nowhere else. `ENV_VARS` is the single table of variables: `load()` reads it,
+`to_env()` hands settings to child processes, and a test checks README.md lists each one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    # AWS. An empty endpoint means real AWS through boto3's default credential chain.
+    aws_endpoint: str = ""
+    region: str = "us-east-1"
+    stack: str = "daas"
+    input_bucket: str = ""   # default: <stack>-input
+    output_bucket: str = ""  # default: <stack>-output
+    queue: str = ""          # default: <stack>-classify (its dead-letter queue: <queue>-dlq)
+    control_queue: str = ""  # default: <stack>-control
+    # Local stack
+    host: str = "127.0.0.1"
+    web_port: int = 3000
+    aws_port: int = 4566
+    flower_port: int = 5555
+    flower_user: str = ""
+    flower_password: str = ""
+    state_dir: Path = Path(".daas")
+    # Model and input limits
+    model: str = "efficientnet_lite0"
+    model_weights: str = ""
+    device: str = "auto"
+    max_image_bytes: int = 10 * MB
+    max_image_pixels: int = 50_000_000
+    max_files: int = 500
+    result_timeout: float = 60.0
+    # Delivery
+    visibility_timeout: int = 300
+    max_receives: int = 3
+    # Workers
+    worker_concurrency: int = 1
+    torch_threads: int = 1
+    prefetch_multiplier: int = 1
+    idle_timeout: float = 60.0
+    poweroff_command: str = ""
+    events: bool = True
+    # Autoscaling
+    provider: str = "local"
+    scale_interval: float = 5.0
+    scale_min: int = 0
+    scale_max: int = 0       # default: the core count locally, 20 on EC2
+    scale_target: int = 10
+    # EC2 provider
+    ec2_launch_template: str = ""
+    ec2_ami: str = ""
+    ec2_instance_type: str = "c7i.large"
+    ec2_subnet: str = ""
+    ec2_security_group: str = ""
+    ec2_instance_profile: str = ""
+
+    def __post_init__(self) -> None:
+        derived = {
+            "input_bucket": f"{self.stack}-input",
+            "output_bucket": f"{self.stack}-output",
+            "queue": f"{self.stack}-classify",
+            "control_queue": f"{self.stack}-control",
+            "scale_max": (os.cpu_count() or 1) if self.provider == "local" else 20,
+        }
+        for name, value in derived.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "state_dir", Path(self.state_dir))
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.queue}-dlq"
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+
+def _env_name(field_name: str) -> str:
+    # The region keeps AWS's own variable name, so boto3 and our code agree on it.
+    return "AWS_REGION" if field_name == "region" else f"DAAS_{field_name.upper()}"
+
+
+ENV_VARS: dict[str, str] = {f.name: _env_name(f.name) for f in fields(Settings)}
+
+
+def _parse(field_type: str, name: str, raw: str):
+    parsers = {"int": int, "float": float, "Path": Path,
+               "bool": lambda v: v.lower() in ("1", "true", "yes", "on")}
+    try:
+        return parsers.get(field_type, str)(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be of type {field_type}, got {raw!r}") from None
+
+
+def load(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from the environment; unset or empty variables keep their defaults."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for f in fields(Settings):
+        raw = environ.get(ENV_VARS[f.name], "").strip()
+        if f.name == "region" and not raw:
+            raw = environ.get("AWS_DEFAULT_REGION", "").strip()
+        if raw:
+            values[f.name] = _parse(str(f.type), ENV_VARS[f.name], raw)
+    return Settings(**values)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce `settings` in a child process."""
+    env = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        env[ENV_VARS[f.name]] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    env["AWS_DEFAULT_REGION"] = settings.region
+    return env

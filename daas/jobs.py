@@ -1,0 +1,123 @@
+"""Jobs: a set of uploaded images classified together. Shared by the web form, the API and /classify."""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from daas import results, storage
+from daas.config import Settings
+from daas.images import BadImage, check_upload
+
+
+@dataclass
+class Upload:
+    name: str
+    data: bytes
+
+
+class Rejected(Exception):
+    """No image of the request can be classified; `status` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def display_name(raw: str | None) -> str:
+    """The file name as shown to people: no directories, no control characters, bounded length.
+    It is only ever displayed or stored as metadata, never used as a path or key."""
+    name = re.split(r"[\\/]", raw or "")[-1]
+    name = re.sub(r"[\x00-\x1f\x7f]", "", name).strip()[:200]
+    return name or "image"
+
+
+def submit(settings: Settings, uploads: list[Upload]) -> dict:
+    """Store and enqueue the images of one request. Images failing the edge checks get an error
+    result at once, unless all fail: then the request is rejected with the reasons."""
+    from daas.tasks import classify
+
+    if not uploads:
+        raise Rejected("no images: send one or more files in the form field 'images'")
+    if len(uploads) > settings.max_files:
+        raise Rejected(f"{len(uploads)} files in one request; the limit is {settings.max_files}", 413)
+    job_id = new_id()
+    accepted, rejected = [], []
+    for upload in uploads:
+        image = {"id": new_id(), "name": display_name(upload.name)}
+        try:
+            check_upload(upload.data, settings.max_image_bytes, settings.max_image_pixels)
+            accepted.append((image, upload.data))
+        except BadImage as exc:
+            rejected.append((image, exc))
+    if not accepted:
+        statuses = {exc.status for _, exc in rejected}
+        reasons = "; ".join(f"{image['name']}: {exc}" for image, exc in rejected)
+        raise Rejected(reasons, statuses.pop() if len(statuses) == 1 else 400)
+
+    images = [image for image, _ in accepted] + [image for image, _ in rejected]
+    storage.put_manifest(settings, {"job_id": job_id, "created": time.time(), "images": images})
+    for image, exc in rejected:
+        storage.put_result(settings, results.error(job_id, image["id"], image["name"], str(exc)))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda item: storage.put_image(
+            settings, storage.image_key(job_id, item[0]["id"]), item[1], item[0]["name"]), accepted))
+    for image, _ in accepted:  # enqueue only once the image is in the bucket
+        classify.apply_async((job_id, image["id"], image["name"]), queue=settings.queue)
+    return {"job_id": job_id, "images": images}
+
+
+class _ResultCache:
+    """Finished results never change, so each web process keeps the recent ones."""
+
+    def __init__(self, size: int = 20_000):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        with self.lock:
+            return {key: self.items[key] for key in keys if key in self.items}
+
+    def put_many(self, found: dict[str, dict]) -> None:
+        with self.lock:
+            self.items.update(found)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_cache = _ResultCache()
+
+
+def status(settings: Settings, job_id: str) -> dict | None:
+    """The job with each image's state; None for an unknown job id."""
+    if not re.fullmatch(r"[0-9a-f]{32}", job_id):
+        return None
+    manifest = storage.get_manifest(settings, job_id)
+    if manifest is None:
+        return None
+    finished = storage.finished_keys(settings, job_id)
+    known = _cache.get_many(list(finished))
+    fetched = storage.get_results(settings, sorted(finished - known.keys()))
+    _cache.put_many({storage.image_key(job_id, r["id"]): r for r in fetched})
+    by_key = {**known, **{storage.image_key(job_id, r["id"]): r for r in fetched}}
+    images = [by_key.get(storage.image_key(job_id, image["id"])) or results.queued(image["id"], image["name"])
+              for image in manifest["images"]]
+    done = sum(image["status"] != "queued" for image in images)
+    state = "done" if done == len(images) else ("running" if done else "queued")
+    return {"job_id": job_id, "status": state, "finished": done, "total": len(images), "images": images}
+
+
+def classify_one(settings: Settings, upload: Upload) -> tuple[dict, dict | None]:
+    """Submit one image and wait for its result (None on timeout): the synchronous contract."""
+    job = submit(settings, [upload])
+    image = job["images"][0]
+    result = storage.wait_for_result(settings, storage.image_key(job["job_id"], image["id"]),
+                                     settings.result_timeout)
+    return job, result

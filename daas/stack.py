@@ -1,0 +1,165 @@
+"""Starting and stopping the service's processes on this machine (`python -m daas up`, tests).
+
+Every process runs as a child in one process group, so that stopping the stack also stops
+the workers the controller started; the local AWS endpoint gets its own group and stops last,
+after everything that talks to it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daas import config
+from daas.broker import LOCAL_CREDENTIALS
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError as exc:
+            if getattr(exc, "code", None):  # an HTTP error status still means it is up
+                return
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def child_env(settings: config.Settings) -> dict[str, str]:
+    env = {**os.environ, **config.to_env(settings)}
+    if settings.aws_endpoint:
+        # The local endpoint takes any credentials; never let a developer's real ones leak to it.
+        env.update(AWS_ACCESS_KEY_ID=LOCAL_CREDENTIALS[0], AWS_SECRET_ACCESS_KEY=LOCAL_CREDENTIALS[1])
+        env.pop("AWS_SESSION_TOKEN", None)
+        env.pop("AWS_PROFILE", None)
+    return env
+
+
+@dataclass
+class Stack:
+    settings: config.Settings
+    log_dir: Path | None = None
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _group: int | None = None
+    _endpoint: subprocess.Popen | None = None
+
+    # -- the local AWS endpoint ------------------------------------------------------------
+    def start_local_aws(self) -> str:
+        """Start moto in server mode on loopback and point the settings at it."""
+        port = self.settings.aws_port
+        self._endpoint = subprocess.Popen(
+            [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=self._log("aws"), stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/moto-api/", 30, self._endpoint)
+        self.settings = self.settings.with_(aws_endpoint=url)
+        os.environ.update(child_env(self.settings))  # this process talks to it too (ensure_resources)
+        return url
+
+    # -- service processes -----------------------------------------------------------------
+    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        env = {**child_env(self.settings), **(extra_env or {})}
+        process = subprocess.Popen(args, env=env, stdout=self._log(name), stderr=subprocess.STDOUT,
+                                   process_group=self._group or 0)
+        self._group = self._group or process.pid
+        self.processes[name] = process
+        return process
+
+    def start_web(self) -> str:
+        process = self.spawn("web", [PYTHON, "-m", "daas", "web"])
+        url = f"http://{self.settings.host}:{self.settings.web_port}"
+        wait_for_http(f"{url}/healthz", 60, process)
+        return url
+
+    def start_worker(self, name: str = "worker") -> subprocess.Popen:
+        return self.spawn(name, [PYTHON, "-m", "daas", "worker"])
+
+    def start_controller(self) -> None:
+        """The control-queue worker (autoscaler, dead-letter reaper) and beat, which ticks it."""
+        state = self.settings.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self.spawn("controller", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "worker",
+                                  "--queues", self.settings.control_queue, "--pool", "solo",
+                                  "--hostname", f"{self.settings.stack}-controller@%h",
+                                  "--loglevel", "INFO", "--without-mingle", "--without-gossip"])
+        self.spawn("beat", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "beat", "--loglevel", "INFO",
+                            "--schedule", str(state / "beat-schedule")])
+
+    def start_flower(self) -> str:
+        s = self.settings
+        process = self.spawn("flower", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "flower",
+                                        f"--address={s.host}", f"--port={s.flower_port}",
+                                        f"--basic-auth={s.flower_user}:{s.flower_password}"])
+        url = f"http://{s.host}:{s.flower_port}"
+        wait_for_http(f"{url}/healthcheck", 60, process)
+        return url
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Warm-stop every child (and what they started), then the endpoint; kill what lingers."""
+        if self._group:
+            _signal_group(self._group, signal.SIGTERM)
+            _wait_group(self._group, list(self.processes.values()), timeout)
+            _signal_group(self._group, signal.SIGKILL)
+            self._group = None
+        if self._endpoint:
+            self._endpoint.terminate()
+            try:
+                self._endpoint.wait(10)
+            except subprocess.TimeoutExpired:
+                self._endpoint.kill()
+            self._endpoint = None
+
+    def _log(self, name: str):
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        return open(self.log_dir / f"{name}.log", "ab")
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(group: int, sig: int) -> None:
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wait_group(group: int, children: list[subprocess.Popen], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            child.poll()  # reap our direct children so they do not linger as zombies
+        if not _group_alive(group):
+            return
+        time.sleep(0.1)

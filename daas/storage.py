@@ -1,0 +1,88 @@
+"""The two buckets: uploaded images in the input bucket, one JSON result per image in the output bucket.
+
+Keys are generated ids, never user file names: `<job_id>/<image_id>` in both buckets, and the
+job's manifest (its image ids and file names) at `jobs/<job_id>.json` in the output bucket.
+The output bucket is the service's result store; Celery's own result backend is not used.
+"""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from daas.aws import client
+from daas.config import Settings
+
+
+def image_key(job_id: str, image_id: str) -> str:
+    return f"{job_id}/{image_id}"
+
+
+def manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}.json"
+
+
+def put_image(settings: Settings, key: str, data: bytes, name: str) -> None:
+    # The user's file name travels as metadata only; S3 metadata must be ASCII.
+    client("s3", settings).put_object(Bucket=settings.input_bucket, Key=key, Body=data,
+                                      Metadata={"name": name.encode("ascii", "backslashreplace").decode()})
+
+
+def get_image(settings: Settings, key: str) -> bytes:
+    return client("s3", settings).get_object(Bucket=settings.input_bucket, Key=key)["Body"].read()
+
+
+def _put_json(settings: Settings, key: str, document: dict) -> None:
+    client("s3", settings).put_object(Bucket=settings.output_bucket, Key=key,
+                                      Body=json.dumps(document).encode(), ContentType="application/json")
+
+
+def _get_json(settings: Settings, key: str) -> dict | None:
+    s3 = client("s3", settings)
+    try:
+        return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def put_result(settings: Settings, result: dict) -> None:
+    _put_json(settings, image_key(result["job_id"], result["id"]), result)
+
+
+def get_result(settings: Settings, key: str) -> dict | None:
+    return _get_json(settings, key)
+
+
+def put_manifest(settings: Settings, manifest: dict) -> None:
+    _put_json(settings, manifest_key(manifest["job_id"]), manifest)
+
+
+def get_manifest(settings: Settings, job_id: str) -> dict | None:
+    return _get_json(settings, manifest_key(job_id))
+
+
+def finished_keys(settings: Settings, job_id: str) -> set[str]:
+    """Keys of the results written so far for a job (one listing call per 1000 images)."""
+    paginator = client("s3", settings).get_paginator("list_objects_v2")
+    return {obj["Key"] for page in paginator.paginate(Bucket=settings.output_bucket, Prefix=f"{job_id}/")
+            for obj in page.get("Contents", [])}
+
+
+def get_results(settings: Settings, keys: list[str]) -> list[dict]:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return [r for r in pool.map(lambda key: get_result(settings, key), keys) if r is not None]
+
+
+def wait_for_result(settings: Settings, key: str, timeout: float) -> dict | None:
+    """Poll the output bucket until the result appears; None after `timeout` seconds.
+
+    Polling starts at 5 ms and backs off to 200 ms, so a warm worker's answer is seen within a
+    few milliseconds while a long wait costs at most 5 GET requests a second.
+    """
+    deadline, delay = time.monotonic() + timeout, 0.005
+    while True:
+        result = get_result(settings, key)
+        if result is not None or time.monotonic() >= deadline:
+            return result
+        time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+        delay = min(delay * 1.5, 0.2)

@@ -1,0 +1,53 @@
+"""The autoscaler's decision log (JSON lines in the state folder) and its plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FILE = "timeline.jsonl"
+
+
+def append(state_dir: Path, record: dict) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / FILE, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read(state_dir: Path, since: float = 0.0) -> list[dict]:
+    try:
+        lines = (state_dir / FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [r for r in records if r["t"] >= since]
+
+
+def plot(records: list[dict], path: Path, title: str = "daas autoscaling") -> None:
+    """Queue depth and workers over time, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not records:
+        raise SystemExit("no scaling decisions recorded yet (is the controller running?)")
+    t0 = records[0]["t"]
+    t = [r["t"] - t0 for r in records]
+    fig, queue_ax = plt.subplots(figsize=(9, 4.5))
+    queue_ax.plot(t, [r["visible"] for r in records], label="waiting (visible)", color="tab:blue")
+    queue_ax.plot(t, [r["in_flight"] for r in records], label="in flight", color="tab:cyan")
+    queue_ax.set_xlabel("seconds")
+    queue_ax.set_ylabel("messages")
+    workers_ax = queue_ax.twinx()
+    workers_ax.step(t, [r["running"] for r in records], where="post", label="workers running", color="tab:green")
+    workers_ax.step(t, [r["running"] + r["starting"] for r in records], where="post",
+                    label="running + starting", color="tab:orange", linestyle="--")
+    workers_ax.set_ylabel("workers")
+    workers_ax.yaxis.get_major_locator().set_params(integer=True)
+    lines = queue_ax.get_legend_handles_labels()
+    more = workers_ax.get_legend_handles_labels()
+    queue_ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right")
+    queue_ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,131 @@
+"""The classification worker's life: load the model once, classify, power off when idle.
+
+`python -m daas worker` runs a Celery worker on the classify queue. Each worker process loads
+the model when it starts (worker_process_init fires in the solo pool and in prefork children),
+before it takes its first task. After `idle_timeout` seconds with nothing active or reserved it
+stops consuming, shuts down warm and runs the configured power-off command.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from celery import bootsteps, signals
+from celery.worker import state as worker_state
+
+from daas import config, images, results, storage
+from daas.celery_app import app
+
+log = logging.getLogger(__name__)
+_classifier = None
+_idle_exit = False
+
+
+def classifier():
+    """The process's model, loaded on first use (normally at process start, see preload)."""
+    global _classifier
+    if _classifier is None:
+        import torch
+
+        from daas.model import Classifier
+
+        cfg = config.load()
+        torch.set_num_threads(cfg.torch_threads)
+        started = time.perf_counter()
+        _classifier = Classifier(cfg.model, cfg.model_weights, cfg.device)
+        log.info("loaded %s on %s in %.2f s", cfg.model, _classifier.device, time.perf_counter() - started)
+    return _classifier
+
+
+def classify_image(cfg: config.Settings, job_id: str, image_id: str, name: str) -> dict:
+    """Fetch, decode, classify one image: its result document (an error result for bad input)."""
+    timings, mark = {}, time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        timings[stage] = (now - mark) * 1000
+        mark = now
+
+    model = classifier()
+    data = storage.get_image(cfg, storage.image_key(job_id, image_id))
+    lap("fetch")
+    try:
+        image = images.decode(data, cfg.max_image_pixels, draft_size=(2 * 256, 2 * 256))
+    except images.BadImage as exc:
+        return results.error(job_id, image_id, name, str(exc))
+    lap("decode")
+    prediction = model.classify([image])[0]
+    lap("forward")
+    return results.done(job_id, image_id, name, prediction, model.name, socket.gethostname(), timings)
+
+
+class IdleShutdown(bootsteps.StartStopStep):
+    """Consumer bootstep: stop consuming and shut down warm after `idle_timeout` idle seconds."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.timeout = config.load().idle_timeout
+        self.last_busy = time.monotonic()
+        self.timer_ref = None
+
+    def start(self, consumer) -> None:
+        self.last_busy = time.monotonic()
+        self.timer_ref = consumer.timer.call_repeatedly(min(1.0, self.timeout / 4), self.check, (consumer,))
+
+    def check(self, consumer) -> None:
+        global _idle_exit
+        if worker_state.active_requests or worker_state.reserved_requests:
+            self.last_busy = time.monotonic()
+            return
+        if time.monotonic() - self.last_busy < self.timeout or _idle_exit:
+            return
+        log.info("idle for %.0f s: no longer consuming, shutting down", self.timeout)
+        _idle_exit = True
+        # Cancel first: messages kombu receives after this are made visible again at once.
+        for queue in consumer.task_consumer.queues:
+            consumer.cancel_task_queue(queue.name)
+        worker_state.should_stop = 0  # the normal warm-shutdown path, exit code 0
+
+    def stop(self, consumer) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+
+
+def _preload_model(**_) -> None:
+    classifier()
+
+
+def run(ready_dir: str | None = None) -> int:
+    """Run a classification worker until it is stopped or goes idle; then maybe power off."""
+    cfg = config.load()
+    signals.worker_process_init.connect(_preload_model, weak=False)
+    if ready_dir:
+        # The local provider counts a worker as starting until `<pid>.ready` exists.
+        ready_file = Path(ready_dir) / f"{os.getpid()}.ready"
+        signals.worker_ready.connect(lambda **_: ready_file.touch(), weak=False)
+    if cfg.idle_timeout > 0:
+        app.steps["consumer"].add(IdleShutdown)
+    pool = "solo" if cfg.worker_concurrency == 1 else "prefork"
+    argv = ["worker", "--queues", cfg.queue, "--pool", pool, "--concurrency", str(cfg.worker_concurrency),
+            "--hostname", f"{cfg.stack}-worker-{os.getpid()}@{socket.gethostname()}",
+            "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    if cfg.events:
+        argv.append("--task-events")
+    try:
+        app.worker_main(argv)
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    else:
+        code = 0
+    if _idle_exit and cfg.poweroff_command:
+        log.info("powering off: %s", cfg.poweroff_command)
+        subprocess.run(shlex.split(cfg.poweroff_command), check=False)
+    return int(code)

@@ -1,0 +1,27 @@
+"""The web tier: a Flask app factory (upload form, REST API, the original synchronous contract)."""
+from __future__ import annotations
+
+from flask import Flask, jsonify
+
+from daas import config
+
+
+def create_app(settings: config.Settings | None = None) -> Flask:
+    app = Flask(__name__)
+    settings = settings or config.load()
+    app.config["DAAS_SETTINGS"] = settings
+    # Whole-request cap; each image is held to max_image_bytes separately, with its own message.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 50
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+
+    from web.views import bp
+
+    app.register_blueprint(bp)
+
+    @app.errorhandler(413)
+    def too_large(_error):
+        limit = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
+        return jsonify(error=f"the upload is over {limit} MB in total; send fewer or smaller images "
+                             f"per request (at most {settings.max_image_bytes // (1024 * 1024)} MB each)"), 413
+
+    return app

@@ -1,0 +1,95 @@
+"""HTTP routes. The form, the JSON API and /classify all go through daas.jobs."""
+from __future__ import annotations
+
+import time
+from pathlib import PurePath
+
+from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
+
+from daas import aws, jobs
+from daas.config import Settings
+
+bp = Blueprint("service", __name__)
+
+
+def settings() -> Settings:
+    return current_app.config["DAAS_SETTINGS"]
+
+
+def read_uploads(field: str) -> list[jobs.Upload]:
+    # Read one byte past the limit: enough to tell an oversized file without reading all of it.
+    limit = settings().max_image_bytes + 1
+    return [jobs.Upload(f.filename or "", f.read(limit)) for f in request.files.getlist(field)]
+
+
+def json_error(message: str, status: int):
+    return jsonify(error=message), status
+
+
+@bp.get("/")
+def index():
+    return render_template("index.html", max_mb=settings().max_image_bytes // (1024 * 1024))
+
+
+_healthy_until = 0.0
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 once the buckets and the queue exist and answer (checked at most every 10 s)."""
+    global _healthy_until
+    if time.monotonic() < _healthy_until:
+        return jsonify(ok=True)
+    cfg = settings()
+    try:
+        s3 = aws.client("s3", cfg)
+        for bucket in (cfg.input_bucket, cfg.output_bucket):
+            s3.head_bucket(Bucket=bucket)
+        aws.queue_url(cfg, cfg.queue)
+    except Exception as exc:  # any failure means: not ready to take work
+        return json_error(f"not ready: {exc}", 503)
+    _healthy_until = time.monotonic() + 10
+    return jsonify(ok=True)
+
+
+@bp.post("/api/jobs")
+def create_job():
+    try:
+        job = jobs.submit(settings(), read_uploads("images"))
+    except jobs.Rejected as exc:
+        return json_error(str(exc), exc.status)
+    response = jsonify(job)
+    response.headers["Location"] = url_for("service.get_job", job_id=job["job_id"])
+    return response, 202
+
+
+@bp.get("/api/jobs/<job_id>")
+def get_job(job_id: str):
+    job = jobs.status(settings(), job_id)
+    if job is None:
+        return json_error(f"no job with id {job_id!r}", 404)
+    return jsonify(job)
+
+
+@bp.post("/classify")
+@bp.post("/")
+def classify_sync():
+    """The original project's contract: one file in `myfile`, answered `<name>:<label>` as text."""
+    uploads = read_uploads("myfile")
+    if len(uploads) != 1:
+        return text("send exactly one file in the form field 'myfile'", 400)
+    try:
+        job, result = jobs.classify_one(settings(), uploads[0])
+    except jobs.Rejected as exc:
+        return text(f"{jobs.display_name(uploads[0].name)}: {exc}", exc.status)
+    stem = PurePath(job["images"][0]["name"]).stem
+    if result is None:
+        return text(f"{stem}: no result within {settings().result_timeout:.0f} s; the image stays queued "
+                    f"and its result will appear at /api/jobs/{job['job_id']}", 504)
+    if result["status"] == "error":
+        return text(f"{stem}: {result['error']}", 422)
+    return text(f"{stem}:{result['label']}", 200)
+
+
+def text(body: str, status: int) -> Response:
+    return Response(body + ("\n" if status >= 400 else ""), status=status, mimetype="text/plain")
