@@ -54,8 +54,12 @@ def decode_task_message(body: str) -> tuple[str, list]:
 
 @app.task(name="daas.reap_dead_letters", ignore_result=True)
 def reap_dead_letters() -> int:
+    return reap(settings())
+
+
+def reap(cfg: config.Settings) -> int:
     """Turn messages that SQS dead-lettered (their worker died on every attempt) into error results."""
-    cfg, sqs = settings(), client("sqs", settings())
+    sqs = client("sqs", cfg)
     url = queue_url(cfg, cfg.dead_letter_queue)
     reaped = 0
     while True:

@@ -1,7 +1,7 @@
 """The web tier: a Flask app factory (upload form, REST API, the original synchronous contract)."""
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 from daas import config
 
@@ -23,5 +23,11 @@ def create_app(settings: config.Settings | None = None) -> Flask:
         limit = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
         return jsonify(error=f"the upload is over {limit} MB in total; send fewer or smaller images "
                              f"per request (at most {settings.max_image_bytes // (1024 * 1024)} MB each)"), 413
+
+    @app.errorhandler(404)
+    def not_found(error):
+        if request.path.startswith("/api/"):
+            return jsonify(error=f"no job or resource at {request.path}"), 404
+        return error
 
     return app

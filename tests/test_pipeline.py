@@ -1,0 +1,159 @@
+"""The service end to end on loopback: moto server over HTTP, a real Celery worker, the web tier."""
+import io
+import json
+import time
+
+import pytest
+from PIL import Image
+
+from daas import aws
+from tests.conftest import skimage_photo
+from tests.test_images import png_header_only
+
+PHOTOS = {"coffee.png": {"espresso"}, "chelsea.png": {"Egyptian cat", "tabby", "tiger cat"}, "camera.png": {"tripod"}}
+
+
+def objects(service, bucket: str, prefix: str) -> dict[str, bytes]:
+    s3 = aws.client("s3", service.settings)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def test_healthz(service):
+    assert service.http.get(f"{service.url}/healthz").status_code == 200
+
+
+def test_upload_form_is_served(service):
+    page = service.http.get(service.url + "/")
+    assert page.status_code == 200 and 'name="images"' in page.text and "multiple" in page.text
+
+
+def test_real_photos_are_labelled_and_stored_in_both_buckets(service):
+    response = service.submit([(name, skimage_photo(name)) for name in PHOTOS])
+    assert response.status_code == 202
+    job = response.json()
+    assert [image["name"] for image in job["images"]] == list(PHOTOS)
+    done = service.wait_job(job["job_id"])
+    assert done["finished"] == done["total"] == 3
+    for image in done["images"]:
+        assert image["status"] == "done", image
+        assert image["label"] in PHOTOS[image["name"]]
+        assert len(image["top5"]) == 5 and image["top5"][0][0] == image["label"]
+        assert set(image["timings_ms"]) == {"fetch", "decode", "forward"}
+
+    # One object per image in each bucket, keyed by the same generated id, never the file name.
+    cfg = service.settings
+    inputs = objects(service, cfg.input_bucket, job["job_id"] + "/")
+    outputs = objects(service, cfg.output_bucket, job["job_id"] + "/")
+    expected_keys = {f"{job['job_id']}/{image['id']}" for image in job["images"]}
+    assert set(inputs) == set(outputs) == expected_keys
+    by_name = {image["name"]: image for image in job["images"]}
+    assert inputs[f"{job['job_id']}/{by_name['coffee.png']['id']}"] == skimage_photo("coffee.png")
+    stored = json.loads(outputs[f"{job['job_id']}/{by_name['coffee.png']['id']}"])
+    assert stored["label"] == "espresso" and stored["model"] == "efficientnet_lite0"
+
+
+def test_synchronous_classify_contract(service):
+    for route in ("/classify", "/"):
+        response = service.http.post(service.url + route, files={"myfile": ("test_07.png", skimage_photo("coffee.png"))})
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        assert response.text == "test_07:espresso"
+
+
+def test_unknown_job_is_a_json_404(service):
+    for job_id in ("0" * 32, "..%2F..%2Fetc%2Fpasswd", "nope"):
+        response = service.http.get(f"{service.url}/api/jobs/{job_id}")
+        assert response.status_code == 404 and "no job" in response.json()["error"]
+
+
+def jpeg(size=(64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise(size, 60).convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name,data,status,message", [
+    ("empty.png", b"", 400, "empty"),
+    ("notes.png", b"this is text, not a picture", 400, "not an image"),
+    ("bomb.png", png_header_only(30000, 30000), 413, "megapixels"),
+    ("big.jpg", b"\xff\xd8" + b"\0" * (10 * 1024 * 1024), 413, "limit is 10 MB"),
+])
+def test_bad_uploads_get_a_clear_4xx(service, name, data, status, message):
+    response = service.submit([(name, data)])
+    assert response.status_code == status
+    assert message in response.json()["error"] and name in response.json()["error"]
+    sync = service.http.post(service.url + "/classify", files={"myfile": (name, data)})
+    assert sync.status_code == status and message in sync.text
+
+
+def test_no_files_is_a_400(service):
+    response = service.http.post(f"{service.url}/api/jobs", data={"x": "1"})
+    assert response.status_code == 400 and "images" in response.json()["error"]
+
+
+def test_truncated_image_gets_a_per_image_error_and_the_worker_goes_on(service):
+    truncated = jpeg((400, 400))[:1500]
+    job = service.submit([("cut.jpg", truncated), ("coffee.png", skimage_photo("coffee.png"))]).json()
+    done = service.wait_job(job["job_id"])
+    by_name = {image["name"]: image for image in done["images"]}
+    assert by_name["cut.jpg"]["status"] == "error"
+    assert "damaged or truncated" in by_name["cut.jpg"]["error"]
+    assert by_name["coffee.png"]["label"] == "espresso"
+    sync = service.http.post(service.url + "/classify", files={"myfile": ("cut.jpg", truncated)})
+    assert sync.status_code == 422 and "truncated" in sync.text
+
+
+def test_mixed_batch_keeps_good_images_and_reports_bad_ones(service):
+    job = service.submit([("empty.png", b""), ("ok.jpg", jpeg())]).json()
+    done = service.wait_job(job["job_id"])
+    by_name = {image["name"]: image for image in done["images"]}
+    assert by_name["empty.png"]["status"] == "error" and "empty" in by_name["empty.png"]["error"]
+    assert by_name["ok.jpg"]["status"] == "done"
+
+
+def test_path_like_file_names_never_become_keys(service):
+    job = service.submit([("../../x.png", jpeg()), ("/etc/passwd", jpeg())]).json()
+    assert [image["name"] for image in job["images"]] == ["x.png", "passwd"]
+    service.wait_job(job["job_id"])
+    keys = set(objects(service, service.settings.input_bucket, ""))
+    assert {f"{job['job_id']}/{image['id']}" for image in job["images"]} <= keys
+    assert not any(".." in key or "x.png" in key for key in keys)
+
+
+@pytest.fixture(scope="module")
+def no_workers(local_aws, tmp_path_factory):
+    """A stack with its web tier but no worker: messages wait in the queue."""
+    from daas.stack import Stack
+    from tests.conftest import Service, make_settings
+
+    tmp = tmp_path_factory.mktemp("no-workers")
+    with Stack(make_settings(local_aws, tmp, result_timeout=1.0), log_dir=tmp / "logs") as stack:
+        yield Service(stack, stack.start_web())
+
+
+def test_without_workers_a_job_stays_queued_and_classify_times_out_with_504(no_workers):
+    job = no_workers.submit([("wait.jpg", jpeg())]).json()
+    status = no_workers.http.get(f"{no_workers.url}/api/jobs/{job['job_id']}").json()
+    assert status["status"] == "queued" and status["images"][0]["status"] == "queued"
+    response = no_workers.http.post(no_workers.url + "/classify", files={"myfile": ("late.jpg", jpeg())})
+    assert response.status_code == 504 and "stays queued" in response.text
+
+
+def test_a_poison_message_ends_as_an_error_not_an_endless_retry(no_workers):
+    """A message whose worker dies on every delivery is dead-lettered by SQS after max_receives
+    deliveries; the controller's reaper turns it into an error result for the job."""
+    from daas import tasks
+
+    cfg = no_workers.settings
+    sqs, url = aws.client("sqs", cfg), aws.queue_url(cfg, cfg.queue)
+    sqs.purge_queue(QueueUrl=url)
+    job = no_workers.submit([("poison.jpg", jpeg())]).json()
+    for _ in range(cfg.max_receives):  # each delivery "dies": never deleted, visible again at once
+        got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, VisibilityTimeout=0)
+        assert got.get("Messages"), "the message should be redelivered until it is dead-lettered"
+    assert not sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages")
+    assert tasks.reap(cfg) == 1
+    done = no_workers.wait_job(job["job_id"], timeout=10)
+    assert done["images"][0]["status"] == "error"
+    assert f"{cfg.max_receives} times" in done["images"][0]["error"]

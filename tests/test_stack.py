@@ -1,0 +1,82 @@
+"""`python -m daas up` as a user runs it: the whole stack, elastic from zero, and Ctrl-C."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from daas.stack import free_port
+from tests.conftest import skimage_photo
+
+
+def session_processes(sid: int) -> list[str]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # field 6 of /proc/PID/stat: session id
+            found.append(stat.parent.name)
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
+    ports = {"DAAS_WEB_PORT": free_port(), "DAAS_AWS_PORT": free_port(), "DAAS_FLOWER_PORT": free_port()}
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "DAAS_STATE_DIR": str(tmp_path / "state"),
+           "DAAS_IDLE_TIMEOUT": "3", "DAAS_SCALE_INTERVAL": "1", "DAAS_FLOWER_PASSWORD": "s3cret"}
+    up = subprocess.Popen([sys.executable, "-m", "daas", "up"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    web = f"http://127.0.0.1:{ports['DAAS_WEB_PORT']}"
+    try:
+        banner = ""
+        for line in up.stdout:
+            banner += line
+            if "Ctrl-C" in line:
+                break
+        assert web in banner and "s3cret" in banner, banner
+        assert requests.get(f"{web}/healthz", timeout=10).status_code == 200
+        status = requests.get(f"{web}/api/status", timeout=10).json()
+        assert status["workers"] == {"running": 0, "starting": 0} and status["provider"] == "local"
+
+        # 30 images through the CLI, with zero workers at the start.
+        folder = tmp_path / "photos"
+        folder.mkdir()
+        for i in range(30):
+            (folder / f"cup_{i:02}.png").write_bytes(skimage_photo("coffee.png"))
+        cli = subprocess.run([sys.executable, "-m", "daas", "classify", str(folder), "--url", web,
+                              "--csv", str(tmp_path / "labels.csv")], env=env, capture_output=True,
+                             text=True, timeout=180)
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert cli.stdout.count(": espresso (") == 30
+        rows = list(csv.DictReader(open(tmp_path / "labels.csv")))
+        assert len(rows) == 30 and {row["label"] for row in rows} == {"espresso"}
+
+        # Workers were started for the backlog, and power off once idle.
+        timeline = subprocess.run([sys.executable, "-m", "daas", "timeline", "--plot", str(tmp_path / "s.png")],
+                                  env=env, capture_output=True, text=True, timeout=60)
+        assert timeline.returncode == 0 and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+        wait_for(lambda: requests.get(f"{web}/api/status", timeout=10).json()["workers"]
+                 == {"running": 0, "starting": 0}, 60, "workers to power off")
+        assert not subprocess.run(["pgrep", "-f", "daas worker", "-s", str(up.pid)]).returncode == 0
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(60)
+    wait_for(lambda: not session_processes(up.pid), 30, "every process of the stack to stop")
+    for port in ports.values():
+        with __import__("socket").socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
