@@ -1,0 +1,56 @@
+"""The upload form in headless Chromium (Debian's chromium + chromium-driver, installed by .ci/run)."""
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import skimage_photo
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium and chromedriver (.ci/run installs them)")
+        pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}", "--window-size=1200,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=DriverService(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_form_uploads_two_images_and_shows_both_labels(service, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    files = []
+    for name in ("coffee.png", "camera.png"):
+        path = tmp_path / name
+        path.write_bytes(skimage_photo(name))
+        files.append(str(path))
+    browser.get(service.url + "/")
+    browser.find_element(By.ID, "images").send_keys("\n".join(files))
+    browser.find_element(By.ID, "submit").click()
+
+    def labels(driver):
+        rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr.done")
+        return {r.find_element(By.CSS_SELECTOR, ".name").text: r.find_element(By.CSS_SELECTOR, "summary").text
+                for r in rows} if len(rows) == 2 else None
+
+    found = WebDriverWait(browser, 90, poll_frequency=0.2).until(labels)
+    assert found == {"coffee.png": "espresso", "camera.png": "tripod"}
+    assert "2 of 2 images finished" in browser.find_element(By.ID, "progress").text
+    # Top-5 on demand: opening the details shows five ranked labels.
+    browser.find_element(By.CSS_SELECTOR, "#results tbody tr.done summary").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr.done details[open] li")) == 5
+    browser.save_screenshot(str(tmp_path / "form.png"))
