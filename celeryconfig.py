@@ -3,12 +3,13 @@
 Values come from daas.config, so the environment variables in README.md are the only knobs.
 """
 from daas import config as _config
-from daas.broker import broker_url as _broker_url, transport_options as _transport_options
+from daas import broker as _broker
 
 _settings = _config.load()
 
-broker_url = _broker_url(_settings)
-broker_transport_options = _transport_options(_settings)
+broker_url = _broker.broker_url(_settings)
+broker_transport = _broker.TRANSPORT
+broker_transport_options = _broker.transport_options(_settings)
 broker_connection_retry_on_startup = True
 
 # Routing: images on the classify queue; the controller's housekeeping on its own queue so that
@@ -18,10 +19,12 @@ task_routes = {
     "daas.classify": {"queue": _settings.queue},
     "daas.scale": {"queue": _settings.control_queue},
     "daas.reap_dead_letters": {"queue": _settings.control_queue},
+    "daas.sweep_orphans": {"queue": _settings.control_queue},
 }
 beat_schedule = {
     "scale": {"task": "daas.scale", "schedule": _settings.scale_interval,
               "options": {"expires": _settings.scale_interval}},
+    "sweep-orphans": {"task": "daas.sweep_orphans", "schedule": 60.0, "options": {"expires": 60.0}},
     "reap-dead-letters": {"task": "daas.reap_dead_letters", "schedule": max(_settings.scale_interval, 10.0),
                           "options": {"expires": max(_settings.scale_interval, 10.0)}},
 }
@@ -37,5 +40,9 @@ task_ignore_result = True
 task_serializer = "json"
 accept_content = ["json"]
 
+# Events (Flower) and remote control (inspect) fan out through SNS, under per-stack names.
 worker_send_task_events = _settings.events
 task_send_sent_event = _settings.events
+event_exchange = _broker.event_exchange(_settings)
+event_queue_prefix = f"{_settings.stack}-celeryev"
+control_exchange = _settings.stack

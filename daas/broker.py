@@ -24,8 +24,18 @@ def broker_url(settings: Settings) -> str:
     return f"sqs://{safequote(key)}:{safequote(secret)}@{endpoint.hostname}:{endpoint.port}"
 
 
+TRANSPORT = "daas.transport:Transport"  # kombu's SQS transport with SNS fanout (see daas/transport.py)
+
+
+def event_exchange(settings: Settings) -> str:
+    """Per-stack names, so that two stacks in one account never see each other's workers."""
+    return f"{settings.stack}-events"
+
+
 def transport_options(settings: Settings) -> dict:
     return {
+        "supports_fanout": True,
+        "fanout_topic_exchanges": [event_exchange(settings)],
         "region": settings.region,
         "is_secure": not settings.aws_endpoint.startswith("http://"),
         # Long polling: a receive returns as soon as a message arrives, else after 10 s; no

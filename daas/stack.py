@@ -100,7 +100,8 @@ class Stack:
         self.spawn("controller", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "worker",
                                   "--queues", self.settings.control_queue, "--pool", "solo",
                                   "--hostname", f"{self.settings.stack}-controller@%h",
-                                  "--loglevel", "INFO", "--without-mingle", "--without-gossip"])
+                                  "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+                                  *([] if self.settings.events else ["--without-heartbeat"])])
         self.spawn("beat", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "beat", "--loglevel", "INFO",
                             "--schedule", str(state / "beat-schedule")])
 
@@ -108,7 +109,9 @@ class Stack:
         s = self.settings
         process = self.spawn("flower", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "flower",
                                         f"--address={s.host}", f"--port={s.flower_port}",
-                                        f"--basic-auth={s.flower_user}:{s.flower_password}"])
+                                        f"--basic-auth={s.flower_user}:{s.flower_password}",
+                                        # workers send events themselves; forget them soon after they exit
+                                        "--enable_events=False", "--purge_offline_workers=30"])
         url = f"http://{s.host}:{s.flower_port}"
         wait_for_http(f"{url}/healthcheck", 60, process)
         return url

@@ -5,6 +5,7 @@ import base64
 import functools
 import json
 import logging
+import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 from celery import Task
@@ -81,3 +82,56 @@ def reap(cfg: config.Settings) -> int:
                 log.warning("dropping an unreadable dead-lettered message %s", message["MessageId"])
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
+
+
+@app.task(name="daas.sweep_orphans", bind=True, ignore_result=True)
+def sweep_orphans(self) -> list[str]:
+    from kombu.transport.SQS import CHARS_REPLACE_TABLE
+
+    live = {self.request.hostname} | {host for reply in app.control.ping(timeout=2.0) or [] for host in reply}
+    pidboxes = {f"{host}.{app.conf.control_exchange}.pidbox".translate(CHARS_REPLACE_TABLE) for host in live}
+    return sweep(settings(), pidboxes)
+
+
+def sweep(cfg: config.Settings, live_pidboxes: set[str], event_backlog: int = 30,
+          reply_age: float = 300) -> list[str]:
+    """Delete the per-process queues and SNS subscriptions that killed processes left behind.
+
+    Clean exits remove their own (daas.transport); a SIGKILLed worker or Flower cannot. An event
+    queue nobody drains fills with heartbeats; a pidbox queue whose worker does not answer ping
+    is dead; a reply queue outlives its `inspect` call by seconds only.
+    """
+    import re
+
+    sqs, sns, stack = client("sqs", cfg), client("sns", cfg), re.escape(cfg.stack)
+    events = re.compile(rf"^{stack}-celeryev-[0-9a-f-]{{36}}$")
+    replies = re.compile(rf"^[0-9a-f-]{{36}}-reply-{stack}-pidbox$")
+    pidbox = re.compile(rf"^.+-{stack}-pidbox$")
+    removed = []
+    for url in sqs.list_queues(QueueNamePrefix="", MaxResults=1000).get("QueueUrls", []):
+        name = url.rsplit("/", 1)[1]
+        if not (events.match(name) or pidbox.match(name)):
+            continue
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        if events.match(name):
+            orphan = int(attributes["ApproximateNumberOfMessages"]) >= event_backlog
+        elif replies.match(name):
+            orphan = time.time() - int(attributes["CreatedTimestamp"]) > reply_age
+        else:
+            orphan = name not in live_pidboxes
+        if orphan:
+            sqs.delete_queue(QueueUrl=url)
+            removed.append(name)
+    for topic in sns.list_topics()["Topics"]:
+        if not topic["TopicArn"].rsplit(":", 1)[1].startswith(f"{cfg.stack}-"):
+            continue
+        pages = sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic["TopicArn"])
+        for subscription in (s for page in pages for s in page["Subscriptions"] if s["Protocol"] == "sqs"):
+            try:
+                sqs.get_queue_url(QueueName=subscription["Endpoint"].rsplit(":", 1)[1])
+            except ClientError:
+                sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+                removed.append(subscription["SubscriptionArn"])
+    if removed:
+        log.info("swept %d orphaned queues and subscriptions: %s", len(removed), removed)
+    return removed

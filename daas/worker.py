@@ -117,8 +117,7 @@ def run(ready_dir: str | None = None) -> int:
     argv = ["worker", "--queues", cfg.queue, "--pool", pool, "--concurrency", str(cfg.worker_concurrency),
             "--hostname", f"{cfg.stack}-worker-{os.getpid()}@{socket.gethostname()}",
             "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
-    if cfg.events:
-        argv.append("--task-events")
+    argv.append("--task-events" if cfg.events else "--without-heartbeat")
     try:
         app.worker_main(argv)
     except SystemExit as exit_:

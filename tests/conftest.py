@@ -34,10 +34,10 @@ def local_aws(tmp_path_factory):
 
 def make_settings(local_aws: str, tmp: Path, **overrides) -> config.Settings:
     """Settings of a fresh, isolated stack (own buckets and queues) on the shared endpoint."""
-    settings = config.Settings(
-        aws_endpoint=local_aws, aws_port=int(local_aws.rsplit(":", 1)[1]),
-        stack=f"t{uuid.uuid4().hex[:10]}", web_port=free_port(), flower_port=free_port(),
-        state_dir=tmp, idle_timeout=0, **overrides)
+    values = dict(aws_endpoint=local_aws, aws_port=int(local_aws.rsplit(":", 1)[1]),
+                  stack=f"t{uuid.uuid4().hex[:10]}", web_port=free_port(), flower_port=free_port(),
+                  state_dir=tmp, idle_timeout=0)
+    settings = config.Settings(**{**values, **overrides})
     aws.ensure_resources(settings)
     return settings
 

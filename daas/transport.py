@@ -1,0 +1,112 @@
+"""kombu's SQS transport with SNS fanout turned on for Celery's events and remote control.
+
+Why: kombu 5.7 can fan out through SNS (`supports_fanout`), but its SQS transport declares only
+direct exchanges, so Celery switches remote control off and publishes events to a topic exchange
+whose bindings live in each process: Flower sees no workers and no tasks. This subclass
+
+- declares fanout support, so the worker's pidbox (inspect/ping) starts;
+- treats the event exchange (a topic exchange in Celery) as fanout: every receiver binds '#';
+- routes remote-control replies to the caller's reply queue (its binding exists only there);
+- deletes without an event loop for synchronous consumers (the `inspect` CLI, Flower's thread);
+- emulates AMQP auto-delete: per-process queues (pidbox, event receivers) and their SNS
+  subscriptions are removed when the process closes its channel or exits. What a killed process
+  leaves behind is swept by `daas.tasks.sweep_orphans`.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import weakref
+
+from botocore.exceptions import ClientError
+from kombu.transport import SQS
+
+log = logging.getLogger(__name__)
+_channels: "weakref.WeakSet[Channel]" = weakref.WeakSet()
+
+
+def is_reply_exchange(exchange: str) -> bool:
+    return exchange.startswith("reply.") and exchange.endswith(".pidbox")
+
+
+class Channel(SQS.Channel):
+    def __init__(self, *args, **kwargs):
+        self._auto_delete_queues: set[str] = set()
+        self._drain_timeout: float | None = None
+        super().__init__(*args, **kwargs)
+        _channels.add(self)
+
+    def exchange_declare(self, exchange=None, type="direct", *args, **kwargs):
+        if type == "topic" and exchange in self.transport_options.get("fanout_topic_exchanges", ()):
+            type = "fanout"
+        return super().exchange_declare(exchange, type, *args, **kwargs)
+
+    def _lookup(self, exchange, routing_key, default=None):
+        queues = super()._lookup(exchange, routing_key, default)
+        if queues or not is_reply_exchange(exchange):
+            return queues
+        name = self.canonical_queue_name(f"{routing_key}.{exchange}")  # kombu.pidbox's reply queue
+        try:  # never re-create a reply queue its caller already deleted
+            self._queue_cache[name] = self.sqs().get_queue_url(QueueName=name)["QueueUrl"]
+        except ClientError:
+            return []
+        return [f"{routing_key}.{exchange}"]
+
+    def drain_events(self, timeout=None, callback=None, **kwargs):
+        self._drain_timeout = timeout
+        try:
+            return super().drain_events(timeout=timeout, callback=callback, **kwargs)
+        finally:
+            self._drain_timeout = None
+
+    def _receive_message(self, queue, max_number_of_messages=1, wait_time_seconds=None):
+        # `inspect` waits `timeout` for replies; do not long-poll its reply queue much longer.
+        if self._drain_timeout is not None and queue.endswith(".pidbox") and ".reply." in queue:
+            wait_time_seconds = max(1, min(int(self._drain_timeout + 0.999),
+                                           wait_time_seconds or self.wait_time_seconds))
+        return super()._receive_message(queue, max_number_of_messages, wait_time_seconds)
+
+    def _delete_message(self, queue_name, message):
+        if self.hub is None:  # kombu deletes through the pycurl client, which needs an event loop
+            return self.sqs().delete_message(QueueUrl=self._new_queue(queue_name),
+                                             ReceiptHandle=message["ReceiptHandle"])
+        return super()._delete_message(queue_name, message)
+
+    def queue_declare(self, queue=None, passive=False, **kwargs):
+        declared = super().queue_declare(queue, passive, **kwargs)
+        if not passive and (kwargs.get("auto_delete") or kwargs.get("exclusive")):
+            self._auto_delete_queues.add(declared.queue)
+        return declared
+
+    def _delete(self, queue, exchange=None, *args, **kwargs):
+        self._auto_delete_queues.discard(queue)
+        super()._delete(queue, exchange, *args, **kwargs)  # DeleteQueue, and Unsubscribe for fanout
+        self._queue_cache.pop(self.canonical_queue_name(queue), None)  # kombu pops the raw name
+
+    def delete_auto_queues(self) -> None:
+        for queue in list(self._auto_delete_queues):
+            try:
+                if list(self.state.queue_bindings(queue)):
+                    self.queue_delete(queue)
+                else:
+                    self._delete(queue)
+            except Exception as exc:  # best effort at shutdown; the sweeper gets the rest
+                log.warning("could not delete queue %r: %r", queue, exc)
+            self._auto_delete_queues.discard(queue)
+
+    def close(self):
+        if not self.closed:
+            self.delete_auto_queues()
+        super().close()
+
+
+@atexit.register
+def _delete_auto_queues_at_exit() -> None:
+    # Flower's event thread is a daemon and never closes its channel.
+    for channel in list(_channels):
+        channel.delete_auto_queues()
+
+
+class Transport(SQS.Transport):
+    Channel = Channel
+    implements = SQS.Transport.implements.extend(exchange_type=frozenset(["direct", "fanout"]))

@@ -1,0 +1,20 @@
+from daas.jobs import display_name
+from daas import results
+from daas.model import Prediction
+
+
+def test_display_names_drop_directories_and_control_characters():
+    assert display_name("../../x.png") == "x.png"
+    assert display_name("C:\\Users\\me\\cat.jpg") == "cat.jpg"
+    assert display_name("a\x00b\nc.png") == "abc.png"
+    assert display_name("") == display_name(None) == display_name("../") == "image"
+    assert len(display_name("x" * 1000)) == 200
+
+
+def test_result_documents():
+    prediction = Prediction("espresso", 0.95, [("espresso", 0.95), ("cup", 0.01)])
+    done = results.done("j", "i", "cup.png", prediction, "efficientnet_lite0", "host", {"forward": 12.345})
+    assert done["status"] == "done" and done["label"] == "espresso" and done["error"] is None
+    assert done["top5"] == [["espresso", 0.95], ["cup", 0.01]] and done["timings_ms"] == {"forward": 12.35}
+    error = results.error("j", "i", "x.png", "the file is empty")
+    assert error["status"] == "error" and error["label"] is None and error["error"] == "the file is empty"
