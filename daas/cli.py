@@ -70,7 +70,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from daas import worker
 
-    return worker.run(ready_dir=args.ready_dir)
+    return worker.run(register_in=args.register_in)
 
 
 def _image_files(paths: list[str]) -> list[Path]:
@@ -118,6 +118,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     settings = config.load()
     records = timeline.read(settings.state_dir)
     if args.plot:
+        if not records:
+            raise SystemExit("no scaling decisions recorded yet (is the controller running?)")
         timeline.plot(records, Path(args.plot))
         print(f"wrote {args.plot} ({len(records)} scaling decisions)")
     else:
@@ -143,7 +145,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("init", help="create the buckets and queues").set_defaults(func=cmd_init)
     sub.add_parser("web", help="run the web tier").set_defaults(func=cmd_web)
     worker = sub.add_parser("worker", help="run a classification worker")
-    worker.add_argument("--ready-dir", help="write <pid>.ready here once the worker consumes")
+    worker.add_argument("--register-in", metavar="DIR",
+                        help="register as <pid> here, and <pid>.ready once consuming (local provider)")
     worker.set_defaults(func=cmd_worker)
 
     classify = sub.add_parser("classify", help="classify image files or folders through the service")

@@ -59,10 +59,10 @@ class LocalProvider:
         logs.mkdir(parents=True, exist_ok=True)
         for _ in range(count):
             log = open(logs / "workers.log", "ab")
-            child = subprocess.Popen([sys.executable, "-m", "daas", "worker", "--ready-dir", str(self.folder)],
+            child = subprocess.Popen([sys.executable, "-m", "daas", "worker", "--register-in", str(self.folder)],
                                      stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
             log.close()
-            (self.folder / str(child.pid)).touch()
+            (self.folder / str(child.pid)).touch()  # counted as starting from now on
             self.children[child.pid] = child
 
 

@@ -91,7 +91,9 @@ class Stack:
         return url
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen:
-        return self.spawn(name, [PYTHON, "-m", "daas", "worker"])
+        """A worker outside the autoscaler's control, counted like the ones it launches."""
+        folder = self.settings.state_dir / "workers"
+        return self.spawn(name, [PYTHON, "-m", "daas", "worker", "--register-in", str(folder)])
 
     def start_controller(self) -> None:
         """The control-queue worker (autoscaler, dead-letter reaper) and beat, which ticks it."""

@@ -22,15 +22,15 @@ def read(state_dir: Path, since: float = 0.0) -> list[dict]:
     return [r for r in records if r["t"] >= since]
 
 
-def plot(records: list[dict], path: Path, title: str = "daas autoscaling") -> None:
-    """Queue depth and workers over time, one PNG."""
+def plot(records: list[dict], path, title: str = "daas autoscaling") -> None:
+    """Queue depth and workers over time, as a PNG written to `path` (a file name or a file object)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if not records:
-        raise SystemExit("no scaling decisions recorded yet (is the controller running?)")
+        raise ValueError("no scaling decisions recorded yet (is the controller running?)")
     t0 = records[0]["t"]
     t = [r["t"] - t0 for r in records]
     fig, queue_ax = plt.subplots(figsize=(9, 4.5))
@@ -49,5 +49,5 @@ def plot(records: list[dict], path: Path, title: str = "daas autoscaling") -> No
     queue_ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right")
     queue_ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

@@ -103,14 +103,17 @@ def _preload_model(**_) -> None:
     classifier()
 
 
-def run(ready_dir: str | None = None) -> int:
+def run(register_in: str | None = None) -> int:
     """Run a classification worker until it is stopped or goes idle; then maybe power off."""
     cfg = config.load()
     signals.worker_process_init.connect(_preload_model, weak=False)
-    if ready_dir:
-        # The local provider counts a worker as starting until `<pid>.ready` exists.
-        ready_file = Path(ready_dir) / f"{os.getpid()}.ready"
-        signals.worker_ready.connect(lambda **_: ready_file.touch(), weak=False)
+    if register_in:
+        # Local workers register as files: `<pid>` while starting, plus `<pid>.ready` once
+        # consuming (see daas.providers.LocalProvider, which counts them).
+        folder = Path(register_in)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(os.getpid())).touch()
+        signals.worker_ready.connect(lambda **_: (folder / f"{os.getpid()}.ready").touch(), weak=False)
     if cfg.idle_timeout > 0:
         app.steps["consumer"].add(IdleShutdown)
     pool = "solo" if cfg.worker_concurrency == 1 else "prefork"

@@ -54,3 +54,34 @@ def test_form_uploads_two_images_and_shows_both_labels(service, browser, tmp_pat
     browser.find_element(By.CSS_SELECTOR, "#results tbody tr.done summary").click()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results tbody tr.done details[open] li")) == 5
     browser.save_screenshot(str(tmp_path / "form.png"))
+
+
+def test_status_panel_and_flower_dashboard_show_a_real_run(local_aws, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from daas.stack import Stack
+    from tests.conftest import Service, make_settings
+
+    settings = make_settings(local_aws, tmp_path, flower_user="ops", flower_password="pw")
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        service = Service(stack, stack.start_web())
+        flower = stack.start_flower()
+        worker = stack.start_worker()
+        job = service.submit([(f"{i}.png", skimage_photo("coffee.png")) for i in range(6)]).json()
+        service.wait_job(job["job_id"])
+
+        browser.get(service.url + "/")
+        text = lambda element_id: browser.find_element(By.ID, element_id).text  # noqa: E731
+        WebDriverWait(browser, 30, 0.5).until(lambda d: text("st-running") == "1" and text("st-rate") == "6")
+        assert text("st-visible") == "0" and text("st-starting") == "0"
+        flower_link = browser.find_element(By.ID, "st-flower").get_attribute("href")
+        assert flower_link.rstrip("/") == flower
+
+        # Flower's own dashboard (basic auth through the URL) lists the live worker.
+        browser.get(flower.replace("http://", "http://ops:pw@") + "/workers")
+        hostname = f"{settings.stack}-worker-{worker.pid}@"
+        WebDriverWait(browser, 30, 0.5).until(lambda d: hostname in d.page_source)
+
+        browser.get(service.url + "/ops/timeline")
+        assert browser.find_element(By.ID, "timeline").get_attribute("alt")

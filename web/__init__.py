@@ -14,9 +14,10 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 50
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
 
-    from web.views import bp
+    from web import ops, views
 
-    app.register_blueprint(bp)
+    app.register_blueprint(views.bp)
+    app.register_blueprint(ops.bp)
 
     @app.errorhandler(413)
     def too_large(_error):

@@ -94,18 +94,3 @@ def classify_sync():
 def text(body: str, status: int) -> Response:
     return Response(body + ("\n" if status >= 400 else ""), status=status, mimetype="text/plain")
 
-
-@bp.get("/api/status")
-def status():
-    """Queue depth and worker counts: the autoscaler's own measurements."""
-    from daas import autoscale
-
-    return jsonify(autoscale.measure(settings(), _provider()))
-
-
-def _provider():
-    from daas.providers import make_provider
-
-    if "DAAS_PROVIDER" not in current_app.extensions:
-        current_app.extensions["DAAS_PROVIDER"] = make_provider(settings())
-    return current_app.extensions["DAAS_PROVIDER"]

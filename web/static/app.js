@@ -101,3 +101,25 @@
     poll(payload.job_id);
   });
 })();
+
+// Status panel: queue, workers and throughput from /api/status, every 2 s.
+(() => {
+  const set = (id, value) => { document.getElementById(id).textContent = value; };
+  async function refresh() {
+    try {
+      const status = await (await fetch("/api/status")).json();
+      set("st-visible", status.queue.visible);
+      set("st-in-flight", status.queue.in_flight);
+      set("st-running", status.workers.running);
+      set("st-starting", status.workers.starting);
+      const rates = status.images_per_minute;
+      set("st-rate", rates ? rates[rates.length - 1] : "n/a");
+      set("st-rate-history", rates ? "(last minutes: " + rates.join(", ") + ")" : "(Flower unreachable)");
+      document.getElementById("st-flower").href = status.flower_url;
+    } catch (error) {
+      set("st-rate-history", "(status unavailable)");
+    }
+  }
+  refresh();
+  setInterval(refresh, 2000);
+})();
