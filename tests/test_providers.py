@@ -1,0 +1,175 @@
+"""Worker providers and the scaling policy.
+
+The EC2 provider talks to the local AWS endpoint (moto in server mode, over HTTP) exactly as it
+would to EC2; the policy `launches` is a pure function, tested from a table.
+"""
+from __future__ import annotations
+
+import base64
+import subprocess
+import uuid
+
+import pytest
+
+from daas import autoscale, aws, config
+from daas.providers import ROLE_TAG, STACK_TAG, EC2Provider, make_provider
+from tests.conftest import make_settings
+
+
+@pytest.fixture(scope="module")
+def network(local_aws) -> dict[str, str]:
+    """An AMI, a subnet, a security group and an instance profile on the local endpoint."""
+    admin = config.Settings(aws_endpoint=local_aws)
+    ec2, iam = aws.client("ec2", admin), aws.client("iam", admin)
+    name = f"w{uuid.uuid4().hex[:8]}"
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName=name, Description="daas workers", VpcId=vpc)["GroupId"]
+    iam.create_instance_profile(InstanceProfileName=name)
+    return {"ec2_ami": ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"], "ec2_subnet": subnet,
+            "ec2_security_group": group, "ec2_instance_profile": name}
+
+
+@pytest.fixture
+def ec2_settings(local_aws, tmp_path, network) -> config.Settings:
+    """A fresh stack (own buckets, queues and tag) with the EC2 provider."""
+    return make_settings(local_aws, tmp_path, provider="ec2", **network)
+
+
+def _instances(settings: config.Settings) -> list[dict]:
+    filters = [{"Name": f"tag:{STACK_TAG}", "Values": [settings.stack]}]
+    pages = aws.client("ec2", settings).get_paginator("describe_instances").paginate(Filters=filters)
+    return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+
+def _attribute(settings: config.Settings, instance: str, name: str) -> str:
+    answer = aws.client("ec2", settings).describe_instance_attribute(InstanceId=instance, Attribute=name)
+    return answer[name[0].upper() + name[1:]]["Value"]
+
+
+# -- the EC2 provider ------------------------------------------------------------------------------
+def test_launched_workers_are_counted_tagged_and_booted_to_serve_the_stack(ec2_settings, network, tmp_path):
+    provider = make_provider(ec2_settings)
+    assert isinstance(provider, EC2Provider) and provider.counts() == (0, 0)
+    provider.launch(3)
+    running, starting = provider.counts()
+    assert running + starting == 3
+    instances = _instances(ec2_settings)
+    assert len(instances) == 3
+    for instance in instances:
+        tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+        assert tags[ROLE_TAG] == "worker" and tags[STACK_TAG] == ec2_settings.stack
+        assert (instance["ImageId"], instance["SubnetId"]) == (network["ec2_ami"], network["ec2_subnet"])
+        assert instance["InstanceType"] == ec2_settings.ec2_instance_type
+        assert [g["GroupId"] for g in instance["SecurityGroups"]] == [network["ec2_security_group"]]
+        assert instance["MetadataOptions"]["HttpTokens"] == "required"  # IMDSv2 only
+        # An idle worker powers off; that must end the instance, not leave it stopped.
+        assert _attribute(ec2_settings, instance["InstanceId"], "instanceInitiatedShutdownBehavior") == "terminate"
+        user_data = base64.b64decode(_attribute(ec2_settings, instance["InstanceId"], "userData")).decode()
+        assert f"DAAS_QUEUE={ec2_settings.queue}\n" in user_data
+        assert f"DAAS_INPUT_BUCKET={ec2_settings.input_bucket}\n" in user_data
+    # The endpoint checks that the profile exists, but associates it with the first instance only.
+    associations = aws.client("ec2", ec2_settings).describe_iam_instance_profile_associations(Filters=[
+        {"Name": "instance-id", "Values": [i["InstanceId"] for i in instances]}])["IamInstanceProfileAssociations"]
+    assert associations and all(a["IamInstanceProfile"]["Arn"].endswith(f"/{network['ec2_instance_profile']}")
+                                for a in associations)
+    (tmp_path / "user-data").write_text(user_data)
+    subprocess.run(["bash", "-n", str(tmp_path / "user-data")], check=True)
+
+
+def test_stacks_count_only_their_own_workers(local_aws, tmp_path, network):
+    first = make_settings(local_aws, tmp_path / "a", provider="ec2", **network)
+    second = make_settings(local_aws, tmp_path / "b", provider="ec2", **network)
+    EC2Provider(first).launch(2)
+    EC2Provider(second).launch(1)
+    assert sum(EC2Provider(first).counts()) == 2
+    assert sum(EC2Provider(second).counts()) == 1
+
+
+def test_stopped_and_terminated_instances_are_not_counted(ec2_settings):
+    provider = EC2Provider(ec2_settings)
+    provider.launch(3)
+    ids = [i["InstanceId"] for i in _instances(ec2_settings)]
+    ec2 = aws.client("ec2", ec2_settings)
+    ec2.stop_instances(InstanceIds=ids[:1])
+    ec2.terminate_instances(InstanceIds=ids[1:2])
+    assert sum(provider.counts()) == 1
+
+
+def test_launch_template_replaces_image_and_network_settings(ec2_settings, network):
+    ec2 = aws.client("ec2", ec2_settings)
+    name = f"{ec2_settings.stack}-worker"
+    ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": network["ec2_ami"], "InstanceType": "c7i.xlarge"})
+    settings = ec2_settings.with_(ec2_launch_template=name, ec2_ami="", ec2_subnet="")
+    EC2Provider(settings).launch(1)
+    [instance] = _instances(settings)
+    assert instance["ImageId"] == network["ec2_ami"] and instance["InstanceType"] == "c7i.xlarge"
+    assert {"Key": ROLE_TAG, "Value": "worker"} in instance["Tags"]
+
+
+def test_missing_ami_names_the_setting(ec2_settings):
+    provider = EC2Provider(ec2_settings.with_(ec2_ami=""))
+    with pytest.raises(ValueError, match="DAAS_EC2_AMI") as raised:
+        provider.launch(1)
+    assert "DAAS_EC2_SUBNET" not in str(raised.value)  # only what is missing
+    assert provider.counts() == (0, 0)
+
+
+def test_unknown_provider_is_rejected():
+    with pytest.raises(ValueError, match="DAAS_PROVIDER"):
+        make_provider(config.Settings(provider="k8s"))
+
+
+# -- the scaling policy ----------------------------------------------------------------------------
+# (visible, in_flight, running, starting, target, minimum, maximum) -> workers to launch
+POLICY = [
+    pytest.param((0, 0, 0, 0, 10, 0, 20), 0, id="no backlog, no workers: scale to zero"),
+    pytest.param((0, 0, 0, 0, 10, 1, 20), 1, id="minimum kept with nothing running"),
+    pytest.param((0, 0, 1, 0, 10, 1, 20), 0, id="minimum already met"),
+    pytest.param((1, 0, 0, 0, 10, 0, 20), 1, id="one image gets a worker"),
+    pytest.param((30, 0, 0, 0, 10, 0, 20), 3, id="backlog 30, target 10"),
+    pytest.param((25, 0, 0, 0, 10, 0, 20), 3, id="rounded up"),
+    pytest.param((500, 0, 0, 0, 10, 0, 20), 20, id="capped at the maximum"),
+    pytest.param((500, 0, 5, 0, 10, 0, 20), 15, id="up to the maximum"),
+    pytest.param((30, 0, 0, 3, 10, 0, 20), 0, id="booting workers count: no second wave"),
+    pytest.param((30, 0, 1, 1, 10, 0, 20), 1, id="running and booting both count"),
+    pytest.param((0, 30, 0, 0, 10, 0, 20), 3, id="in flight counts as backlog"),
+    pytest.param((15, 15, 0, 0, 10, 0, 20), 3, id="visible plus in flight"),
+    pytest.param((10, 0, 8, 0, 10, 0, 20), 0, id="more workers than needed: never negative"),
+    pytest.param((5, 0, 0, 0, 0, 0, 20), 5, id="target 0 treated as 1"),
+    pytest.param((0, 0, 0, 0, 10, 3, 2), 2, id="minimum above maximum: the maximum wins"),
+]
+
+
+@pytest.mark.parametrize("row, expected", POLICY)
+def test_launches(row, expected):
+    visible, in_flight, running, starting, target, minimum, maximum = row
+    assert autoscale.launches(visible, in_flight, running, starting,
+                              target=target, minimum=minimum, maximum=maximum) == expected
+
+
+# -- the scaling decision end to end ---------------------------------------------------------------
+def test_scale_measures_the_queue_and_launches_ec2_workers_once(ec2_settings, monkeypatch):
+    sqs = aws.client("sqs", ec2_settings)
+    url = aws.queue_url(ec2_settings, ec2_settings.queue)
+    for start in range(0, 25, 10):
+        sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(n), "MessageBody": f"image {n}"} for n in range(start, min(start + 10, 25))])
+    sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=5, VisibilityTimeout=600)  # 5 in flight
+    provider = EC2Provider(ec2_settings)
+    status = autoscale.measure(ec2_settings, provider)
+    assert status["queue"] == {"visible": 20, "in_flight": 5}
+    assert status["workers"] == {"running": 0, "starting": 0} and status["provider"] == "ec2"
+
+    # The beat task itself, configured from the environment as in the controller process.
+    for name, value in config.to_env(ec2_settings).items():
+        monkeypatch.setenv(name, value)
+    autoscale.provider.cache_clear()
+    try:
+        assert autoscale.scale() == 3  # ceil(25 / 10)
+        assert sum(autoscale.measure(ec2_settings, provider)["workers"].values()) == 3
+        assert autoscale.scale() == 0  # the three just launched are capacity already
+    finally:
+        autoscale.provider.cache_clear()
+    assert len(_instances(ec2_settings)) == 3
