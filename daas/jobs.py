@@ -72,7 +72,24 @@ def submit(settings: Settings, uploads: list[Upload]) -> dict:
             settings, storage.image_key(job_id, item[0]["id"]), item[1], item[0]["name"]), accepted))
     for image, _ in accepted:  # enqueue only once the image is in the bucket
         classify.apply_async((job_id, image["id"], image["name"]), queue=settings.queue)
+    nudge_autoscaler(settings)
     return {"job_id": job_id, "images": images}
+
+
+_last_nudge = 0.0
+
+
+def nudge_autoscaler(settings: Settings) -> None:
+    """Ask for a scaling decision now rather than at the next beat tick: from zero workers, the
+    first image should not wait up to DAAS_SCALE_INTERVAL for the scaler to notice it. At most
+    one nudge a second per web process; a nudge nobody takes in time expires."""
+    global _last_nudge
+    from daas.autoscale import scale
+
+    if time.monotonic() - _last_nudge < 1.0:
+        return
+    _last_nudge = time.monotonic()
+    scale.apply_async(queue=settings.control_queue, expires=settings.scale_interval)
 
 
 class _ResultCache:

@@ -66,6 +66,16 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
         rows = list(csv.DictReader(open(tmp_path / "labels.csv")))
         assert len(rows) == 30 and {row["label"] for row in rows} == {"espresso"}
 
+        # Flower saw the autoscaled workers' tasks.
+        flower = f"http://127.0.0.1:{ports['DAAS_FLOWER_PORT']}"
+
+        def succeeded() -> list[dict]:
+            tasks = requests.get(f"{flower}/api/tasks", auth=("admin", "s3cret"), timeout=10).json().values()
+            return [t for t in tasks if t["name"] == "daas.classify" and t["state"] == "SUCCESS"]
+
+        wait_for(lambda: len(succeeded()) >= 30, 30, "Flower to list the 30 tasks")
+        assert all("-worker-" in t["worker"] for t in succeeded())
+
         # Workers were started for the backlog, and power off once idle.
         timeline = subprocess.run([sys.executable, "-m", "daas", "timeline", "--plot", str(tmp_path / "s.png")],
                                   env=env, capture_output=True, text=True, timeout=60)
