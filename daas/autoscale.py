@@ -18,9 +18,13 @@ def launches(visible: int, in_flight: int, running: int, starting: int, *,
              target: int, minimum: int, maximum: int) -> int:
     """Workers to launch now. Booting workers count as capacity, so a slow boot launches no second wave.
 
-    desired = clamp(ceil((visible + in_flight) / target), minimum, maximum)
+    desired = clamp(ceil((visible + in_flight) / target), minimum, maximum), but with nothing
+    visible only the minimum: a new worker would find nothing to take. (Messages in flight with no
+    live holder, e.g. after a crash, come back visible after the visibility timeout; launching for
+    them earlier would start workers that idle out, again and again.)
     """
-    desired = min(max(math.ceil((visible + in_flight) / max(target, 1)), minimum), maximum)
+    backlog = visible + in_flight if visible else 0
+    desired = min(max(math.ceil(backlog / max(target, 1)), minimum), maximum)
     return max(0, desired - (running + starting))
 
 

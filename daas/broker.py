@@ -9,6 +9,7 @@ from kombu.utils.url import safequote
 from daas.config import Settings
 
 LOCAL_CREDENTIALS = ("testing", "testing")  # the local endpoint accepts any credentials
+LONG_POLL_SECONDS = 10
 
 
 def broker_url(settings: Settings) -> str:
@@ -40,7 +41,7 @@ def transport_options(settings: Settings) -> dict:
         "is_secure": not settings.aws_endpoint.startswith("http://"),
         # Long polling: a receive returns as soon as a message arrives, else after 10 s; no
         # extra sleep after an empty poll, so a new message is never left waiting.
-        "wait_time_seconds": 10,
+        "wait_time_seconds": LONG_POLL_SECONDS,
         "polling_interval": 0,
         # Only used when kombu itself creates a queue; ours are created by `daas init` with
         # the same timeout. It must exceed the longest task plus its time waiting in prefetch.

@@ -116,7 +116,7 @@ def sweep(cfg: config.Settings, live_pidboxes: set[str], event_backlog: int = 30
         if events.match(name):
             orphan = int(attributes["ApproximateNumberOfMessages"]) >= event_backlog
         elif replies.match(name):
-            orphan = time.time() - int(attributes["CreatedTimestamp"]) > reply_age
+            orphan = time.time() - float(attributes["CreatedTimestamp"]) > reply_age
         else:
             orphan = name not in live_pidboxes
         if orphan:

@@ -19,6 +19,7 @@ from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
 from daas import config, images, results, storage
+from daas.broker import LONG_POLL_SECONDS
 from daas.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,13 @@ def classify_image(cfg: config.Settings, job_id: str, image_id: str, name: str) 
 
 
 class IdleShutdown(bootsteps.StartStopStep):
-    """Consumer bootstep: stop consuming and shut down warm after `idle_timeout` idle seconds."""
+    """Consumer bootstep: after `idle_timeout` idle seconds, stop consuming, then shut down warm.
+
+    Two phases, because a long poll may be in flight when the consumer is cancelled: SQS may
+    already have handed it a message. kombu makes such messages visible again when the poll
+    returns, which it must be allowed to do: the worker stops only once the poll is over.
+    Stopping at once would leave the message invisible for the whole visibility timeout.
+    """
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
@@ -74,25 +81,34 @@ class IdleShutdown(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.timeout = config.load().idle_timeout
         self.last_busy = time.monotonic()
+        self.cancelled_at: float | None = None
         self.timer_ref = None
 
     def start(self, consumer) -> None:
         self.last_busy = time.monotonic()
+        # The solo pool runs each task inside the event loop, so `check` never sees one active:
+        # every finished task counts as activity too.
+        signals.task_postrun.connect(self.busy, weak=False)
         self.timer_ref = consumer.timer.call_repeatedly(min(1.0, self.timeout / 4), self.check, (consumer,))
+
+    def busy(self, **_) -> None:
+        self.last_busy = time.monotonic()
 
     def check(self, consumer) -> None:
         global _idle_exit
-        if worker_state.active_requests or worker_state.reserved_requests:
-            self.last_busy = time.monotonic()
-            return
-        if time.monotonic() - self.last_busy < self.timeout or _idle_exit:
-            return
-        log.info("idle for %.0f s: no longer consuming, shutting down", self.timeout)
-        _idle_exit = True
-        # Cancel first: messages kombu receives after this are made visible again at once.
-        for queue in consumer.task_consumer.queues:
-            consumer.cancel_task_queue(queue.name)
-        worker_state.should_stop = 0  # the normal warm-shutdown path, exit code 0
+        now = time.monotonic()
+        if self.cancelled_at is None:
+            if worker_state.active_requests or worker_state.reserved_requests:
+                self.last_busy = now
+            elif now - self.last_busy >= self.timeout:
+                log.info("idle for %.0f s: no longer consuming; shutting down once the last poll is over",
+                         self.timeout)
+                for queue in consumer.task_consumer.queues:
+                    consumer.cancel_task_queue(queue.name)
+                self.cancelled_at = now
+        elif now - self.cancelled_at > LONG_POLL_SECONDS + 1 and not worker_state.active_requests:
+            _idle_exit = True
+            worker_state.should_stop = 0  # the normal warm-shutdown path, exit code 0
 
     def stop(self, consumer) -> None:
         if self.timer_ref is not None:

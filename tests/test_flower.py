@@ -2,6 +2,7 @@
 import subprocess
 import sys
 import time
+import uuid
 
 import requests
 
@@ -92,6 +93,16 @@ def test_sweeper_removes_what_a_killed_worker_left(local_aws, tmp_path):
         worker.kill()  # SIGKILL: no chance to clean up
         worker.wait()
         assert any("pidbox" in q for q in stack_queues(settings))
-        removed = tasks.sweep(settings, live_pidboxes=set())
+        # What a killed `inspect` call and a killed event receiver leave: a reply queue, an event
+        # queue filling up; a live receiver's queue (drained) stays.
+        sqs = aws.client("sqs", settings)
+        reply = sqs.create_queue(QueueName=f"{uuid.uuid4()}-reply-{settings.stack}-pidbox")["QueueUrl"]
+        stale = sqs.create_queue(QueueName=f"{settings.stack}-celeryev-{uuid.uuid4()}")["QueueUrl"]
+        live = sqs.create_queue(QueueName=f"{settings.stack}-celeryev-{uuid.uuid4()}")["QueueUrl"]
+        for start in range(0, 30, 10):
+            sqs.send_message_batch(QueueUrl=stale, Entries=[{"Id": str(i), "MessageBody": "heartbeat"}
+                                                           for i in range(start, start + 10)])
+        removed = tasks.sweep(settings, live_pidboxes=set(), reply_age=0)
     assert any(f"worker-{worker.pid}" in name for name in removed)
-    assert stack_queues(settings) == set() and subscriptions(settings) == []
+    assert {reply.rsplit("/", 1)[1], stale.rsplit("/", 1)[1]} <= set(removed)
+    assert stack_queues(settings) == {live.rsplit("/", 1)[1]} and subscriptions(settings) == []

@@ -1,0 +1,608 @@
+"""Benchmarks, all measured in one run on this machine: `python -m daas bench [all|scaling]`.
+
+`all` compares five ways of labelling the same images:
+  raw       the model alone (decode + preprocess + forward) in N processes, as the workers run it
+  service   the same images through the web API, N warm workers: images/s and upload-to-label latency
+  single    one image at a time through POST /classify, against the model alone on one image
+  baseline  the original app tier: a new Python process per image that loads the model
+  cold      30 images through a stack with zero workers, which the autoscaler has to start
+and writes <out>/bench.json and <out>/bench.png. `scaling` times batches of 10, 30 and 100 images
+on an elastic stack (from zero workers each time) against one fixed warm worker, and writes
+<out>/scaling.json and <out>/scaling.png (the autoscaler's timeline of the elastic 30-image run).
+
+N is DAAS_SCALE_MAX (default: the core count), each process with DAAS_TORCH_THREADS threads.
+Every stack runs on free ports with its own buckets, queues and state folder, all on one local
+AWS endpoint started once for the whole run.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterator
+
+import requests
+
+from daas import aws, config, timeline
+from daas.client import ServiceClient
+from daas.providers import LocalProvider
+from daas.stack import PYTHON, Stack, free_port
+
+File = tuple[str, bytes]  # (file name, encoded image)
+
+DRAFT_SIZE = (2 * 256, 2 * 256)  # the JPEG draft size daas.worker.classify_image decodes with
+BATCH = 10                       # images per POST /api/jobs
+POLL_S = 0.05                    # how often the client polls each unfinished job
+ELASTIC_IDLE_S = 5.0             # idle timeout of autoscaled workers
+TARGETS = {  # name: (comparison, threshold, unit)
+    "service / raw": (">=", 0.9, "×"),
+    "service / baseline": (">=", 20.0, "×"),
+    "single − raw (p50)": ("<=", 50.0, "ms"),
+    "cold 30 images": ("<=", 10.0, "s"),
+}
+
+# -- the images ---------------------------------------------------------------------------------
+
+# (photo bundled with scikit-image, format to re-encode it in, longest side in px or None = as is)
+IMAGE_SPECS: list[tuple[str, str, int | None]] = [
+    ("coffee.png", "JPEG", None),
+    ("chelsea.png", "JPEG", 3000),  # upscaled: a phone-camera-sized JPEG
+    ("astronaut.png", "PNG", None),
+    ("rocket.jpg", "WEBP", None),
+    ("hubble_deep_field.jpg", "JPEG", None),
+    ("retina.jpg", "TIFF", None),
+    ("motorcycle_left.png", "JPEG", 2000),
+    ("camera.png", "BMP", None),    # greyscale
+    ("coins.png", "GIF", None),
+    ("logo.png", "PNG", None),      # transparent
+    ("ihc.png", "WEBP", None),
+    ("coffee.png", "GIF", None),
+    ("astronaut.png", "JPEG", 3000),
+    ("chelsea.png", "BMP", None),
+    ("rocket.jpg", "PNG", 1280),
+    ("moon.png", "TIFF", None),
+    ("motorcycle_left.png", "WEBP", 1200),
+    ("horse.png", "PNG", None),
+    ("no_time_for_that_tiny.gif", "GIF", None),  # animated, 14×25
+    ("coffee.png", "JPEG", 160),
+]
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+
+
+def encode(source: Path, fmt: str, longest: int | None) -> File:
+    """One photo re-encoded with Pillow (resized with Lanczos when `longest` is given)."""
+    from PIL import Image
+
+    image = Image.open(source)
+    if fmt == image.format and longest is None:
+        return f"{source.stem}-{image.width}x{image.height}.{EXTENSIONS[fmt]}", source.read_bytes()
+    image.load()
+    if longest:
+        scale = longest / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+    if fmt in ("JPEG", "BMP") and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    if fmt == "GIF" and image.mode == "RGB":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE)
+    options = {"JPEG": {"quality": 90}, "WEBP": {"quality": 85}, "TIFF": {"compression": "tiff_deflate"}}
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options.get(fmt, {}))
+    return f"{source.stem}-{image.width}x{image.height}.{EXTENSIONS[fmt]}", buffer.getvalue()
+
+
+def build_images(folder: Path) -> list[File]:
+    """The distinct test images, also written to `folder` (the baseline reads them from disk)."""
+    import skimage
+
+    photos = Path(skimage.__file__).parent / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (name, fmt, longest) in enumerate(IMAGE_SPECS):
+        file_name, data = encode(photos / name, fmt, longest)
+        file_name = f"{i:02d}-{file_name}"
+        (folder / file_name).write_bytes(data)
+        files.append((file_name, data))
+    return files
+
+
+def cycle(files: list, count: int) -> list:
+    return [files[i % len(files)] for i in range(count)]
+
+
+# -- small helpers --------------------------------------------------------------------------------
+
+def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float]:
+    """p50, p95 and mean of seconds, in ms by default."""
+    import numpy
+
+    return {"p50": round(float(numpy.percentile(values, 50)) * scale, 2),
+            "p95": round(float(numpy.percentile(values, 95)) * scale, 2),
+            "mean": round(float(numpy.mean(values)) * scale, 2)}
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def machine(settings: config.Settings) -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": metadata.version("torch"), "torch_threads": settings.torch_threads,
+            "celery": metadata.version("celery"), "kombu": metadata.version("kombu"),
+            "moto": metadata.version("moto"), "load_average_at_start": os.getloadavg()}
+
+
+# -- stacks on the shared local AWS endpoint ---------------------------------------------------
+
+@contextmanager
+def local_aws(tmp: Path) -> Iterator[config.Settings]:
+    """The base settings of the run, pointing at a local AWS endpoint started for it."""
+    base = config.load({**os.environ, "DAAS_PROVIDER": "local"})
+    stack = Stack(base.with_(aws_port=free_port(), state_dir=tmp / "aws"), log_dir=tmp / "aws")
+    try:
+        stack.start_local_aws()
+        yield stack.settings
+    finally:
+        stack.stop()
+
+
+@contextmanager
+def stack(base: config.Settings, tmp: Path, name: str, **overrides) -> Iterator[tuple[Stack, str]]:
+    """A fresh stack (own buckets, queues, state folder) with its web tier: (Stack, web URL)."""
+    # Empty bucket and queue names are derived again from the new stack name.
+    settings = base.with_(stack=f"bench-{name}-{uuid.uuid4().hex[:8]}", input_bucket="", output_bucket="",
+                          queue="", control_queue="", web_port=free_port(), flower_port=free_port(),
+                          state_dir=tmp / name, **overrides)
+    aws.ensure_resources(settings)
+    with Stack(settings, log_dir=settings.state_dir / "logs") as running:
+        yield running, running.start_web()
+
+
+def start_workers(running: Stack, count: int, timeout: float = 180) -> None:
+    """Start `count` workers and wait until each has loaded its model and consumes."""
+    registered = running.settings.state_dir / "workers"  # where Stack.start_worker registers them
+    first = len(running.processes)
+    processes = [running.start_worker(f"worker{i}") for i in range(first, first + count)]
+
+    def all_ready() -> bool:
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError(f"a worker exited while starting (see {running.log_dir})")
+        return all((registered / f"{p.pid}.ready").exists() for p in processes)
+
+    wait_until(all_ready, timeout, f"{count} workers to start")
+
+
+@contextmanager
+def elastic_stack(base: config.Settings, tmp: Path, name: str) -> Iterator[tuple[Stack, str]]:
+    """A stack with zero workers, the autoscaler ticking every second, workers idling out after 5 s."""
+    with stack(base, tmp, name, scale_min=0, scale_interval=1.0, idle_timeout=ELASTIC_IDLE_S) as (running, url):
+        running.start_controller()
+        wait_until(lambda: bool(timeline.read(running.settings.state_dir)), 120, "the autoscaler's first tick")
+        yield running, url
+
+
+def wait_for_zero_workers(settings: config.Settings, timeout: float = 120) -> None:
+    provider = LocalProvider(settings)
+    wait_until(lambda: provider.counts() == (0, 0), timeout, "the workers to idle out")
+
+
+# -- the shared measurement: submit images, wait for every label -----------------------------------
+
+@dataclass
+class Run:
+    started: float          # perf_counter() just before the first upload
+    finished: float         # when the client first saw the last label
+    latencies: list[float]  # per image: seconds from the start of its upload to its label being seen
+    results: list[dict]
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.results) / self.seconds
+
+
+def classify_all(url: str, files: list[File], batch: int = BATCH, poll: float = POLL_S,
+                 timeout: float = 600) -> Run:
+    """Upload `files` in batches (one thread) while polling every unfinished job (this thread)."""
+    uploaded: queue.Queue = queue.Queue()
+
+    def upload() -> None:
+        client = ServiceClient(url)
+        for start in range(0, len(files), batch):
+            sent = time.perf_counter()
+            try:
+                uploaded.put((client.submit(files[start:start + batch])["job_id"], sent))
+            except Exception as exc:  # handed to the polling thread, which raises it
+                uploaded.put(exc)
+                return
+
+    expected_jobs = math.ceil(len(files) / batch)
+    started = time.perf_counter()
+    threading.Thread(target=upload, daemon=True).start()
+    client, pending, jobs_seen = ServiceClient(url), {}, 0
+    seen: set[str] = set()
+    latencies, results, finished = [], [], started
+    deadline = started + timeout
+    while jobs_seen < expected_jobs or pending:
+        while not uploaded.empty():
+            item = uploaded.get()
+            if isinstance(item, Exception):
+                raise item
+            pending[item[0]], jobs_seen = item[1], jobs_seen + 1
+        for job_id, sent in list(pending.items()):
+            job = client.job(job_id)
+            now = time.perf_counter()
+            for image in job["images"]:
+                if image["status"] != "queued" and image["id"] not in seen:
+                    seen.add(image["id"])
+                    latencies.append(now - sent)
+                    results.append(image)
+                    finished = now
+            if job["status"] == "done":
+                del pending[job_id]
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{len(results)} of {len(files)} images labelled after {timeout:.0f} s")
+        time.sleep(poll)
+    failed = [f"{r['name']}: {r['error']}" for r in results if r["status"] != "done"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} images failed: {'; '.join(failed[:5])}")
+    return Run(started, finished, latencies, results)
+
+
+# -- raw: the model alone, in the workers' process and thread layout --------------------------
+
+_model = None
+_images: list[bytes] = []
+_max_pixels = 0
+
+
+def _raw_init(settings: config.Settings, data: list[bytes], barrier) -> None:
+    """Pool initializer: load the model like a worker does, warm it up, wait for the others."""
+    global _model, _images, _max_pixels
+    import torch
+
+    from daas.model import Classifier
+
+    torch.set_num_threads(settings.torch_threads)
+    _model, _images, _max_pixels = Classifier(settings.model, settings.model_weights, settings.device), data, settings.max_image_pixels
+    for i in range(min(3, len(data))):  # the first forward passes are slow
+        _raw_classify(i)
+    barrier.wait(timeout=600)
+
+
+def _raw_classify(index: int) -> tuple[str, float]:
+    """Decode, preprocess and classify one image as daas.worker does: (label, seconds)."""
+    from daas import images
+
+    started = time.perf_counter()
+    image = images.decode(_images[index], _max_pixels, draft_size=DRAFT_SIZE)
+    label = _model.classify([image])[0].label
+    return label, time.perf_counter() - started
+
+
+def raw_mode(settings: config.Settings, files: list[File], count: int, single: int) -> dict:
+    """images/s of N processes on `count` images; then per-image time, one image at a time."""
+    processes = settings.scale_max
+    ctx = get_context("spawn")  # fresh interpreters, like the workers
+    data = [d for _, d in files]
+    with ctx.Pool(processes, _raw_init, (settings, data, ctx.Barrier(processes))) as pool:
+        pool.map(_raw_classify, range(processes), chunksize=1)  # returns once every process is warm
+        started = time.perf_counter()
+        throughput = pool.map(_raw_classify, [i % len(data) for i in range(count)], chunksize=1)
+        seconds = time.perf_counter() - started
+        one_by_one = [pool.apply(_raw_classify, (i % len(data),))[1] for i in range(single)]
+    return {"processes": processes, "images": count, "seconds": round(seconds, 3),
+            "images_per_s": round(count / seconds, 3),
+            "busy_ms_per_image": percentiles([t for _, t in throughput]),
+            "single": {"images": single, "latency_ms": percentiles(one_by_one),
+                       "latencies_ms": [round(t * 1000, 2) for t in one_by_one]},
+            "labels": [label for label, _ in throughput[:len(data)]]}
+
+
+# -- service and single: through the web tier with warm workers -----------------------------------
+
+def service_mode(url: str, workers: int, files: list[File], count: int) -> dict:
+    classify_all(url, cycle(files, 2 * workers))  # warm-up: each worker's first images
+    run = classify_all(url, cycle(files, count))
+    stages = {}
+    for result in run.results:
+        for stage, ms in result["timings_ms"].items():
+            stages.setdefault(stage, []).append(ms)
+    return {"workers": workers, "images": count, "batch": BATCH, "seconds": round(run.seconds, 3),
+            "images_per_s": round(run.images_per_s, 3), "latency_ms": percentiles(run.latencies),
+            "stages_mean_ms": {stage: round(sum(v) / len(v), 2) for stage, v in stages.items()},
+            "latencies_ms": [round(t * 1000, 1) for t in run.latencies]}
+
+
+def single_mode(url: str, files: list[File], count: int) -> dict:
+    """POST /classify one image at a time (the original synchronous contract)."""
+    http = requests.Session()
+
+    def classify(name: str, data: bytes) -> float:
+        started = time.perf_counter()
+        response = http.post(f"{url}/classify", files={"myfile": (name, data)}, timeout=120)
+        if response.status_code != 200:
+            raise RuntimeError(f"/classify {name}: {response.status_code} {response.text.strip()}")
+        return time.perf_counter() - started
+
+    classify(*files[0])  # warm-up
+    latencies = [classify(name, data) for name, data in cycle(files, count)]
+    return {"images": count, "latency_ms": percentiles(latencies),
+            "latencies_ms": [round(t * 1000, 2) for t in latencies]}
+
+
+# -- baseline: a new Python process per image -----------------------------------------------
+
+BASELINE_SCRIPT = """
+import sys
+from daas import images
+from daas.model import Classifier
+path, model, weights, device, max_pixels = sys.argv[1:]
+classifier = Classifier(model, weights, device)
+image = images.decode(open(path, "rb").read(), int(max_pixels))
+print(classifier.classify([image])[0].label)
+"""
+
+
+def baseline_mode(settings: config.Settings, folder: Path, files: list[File], sample: int) -> dict:
+    """One `python -c` per image, run one after another (torch's default thread count)."""
+    seconds, labels = [], []
+    for name, _ in cycle(files, sample):
+        started = time.perf_counter()
+        done = subprocess.run([PYTHON, "-c", BASELINE_SCRIPT, str(folder / name), settings.model,
+                               settings.model_weights, settings.device, str(settings.max_image_pixels)],
+                              capture_output=True, text=True, timeout=300, check=True)
+        seconds.append(time.perf_counter() - started)
+        labels.append(done.stdout.strip())
+    mean = sum(seconds) / len(seconds)
+    return {"images": sample, "seconds": [round(s, 3) for s in seconds], "mean_s": round(mean, 3),
+            "images_per_s": round(1 / mean, 4), "labels": labels}
+
+
+# -- cold: from zero workers, the autoscaler starts them ----------------------------------------
+
+def elastic_run(running: Stack, url: str, files: list[File]) -> dict:
+    """Classify `files` starting from zero workers; leave the workers to idle out."""
+    settings = running.settings
+    wait_for_zero_workers(settings)
+    since = time.time()
+    run = classify_all(url, files)
+    records = timeline.read(settings.state_dir, since=since)
+    return {"images": len(files), "seconds": round(run.seconds, 3), "images_per_s": round(run.images_per_s, 3),
+            "first_label_s": round(min(run.latencies), 3),
+            "peak_workers": max((r["running"] + r["starting"] for r in records), default=0),
+            "since": since}
+
+
+def cold_mode(base: config.Settings, tmp: Path, files: list[File], count: int) -> dict:
+    with elastic_stack(base, tmp, "cold") as (running, url):
+        result = elastic_run(running, url, cycle(files, count))
+    result.pop("since")
+    return result
+
+
+# -- `bench` (all) ---------------------------------------------------------------------------
+
+def ratios(modes: dict) -> dict[str, float]:
+    return {
+        "service / raw": round(modes["service"]["images_per_s"] / modes["raw"]["images_per_s"], 3),
+        "service / baseline": round(modes["service"]["images_per_s"] / modes["baseline"]["images_per_s"], 1),
+        "single − raw (p50)": round(modes["single"]["latency_ms"]["p50"]
+                                    - modes["raw"]["single"]["latency_ms"]["p50"], 1),
+        "cold 30 images": modes["cold"]["seconds"],
+    }
+
+
+def judge(figures: dict[str, float]) -> list[dict]:
+    checks = []
+    for name, (op, threshold, unit) in TARGETS.items():
+        value = figures[name]
+        met = value >= threshold if op == ">=" else value <= threshold
+        checks.append({"name": name, "value": value, "target": f"{'≥' if op == '>=' else '≤'} {threshold:g} {unit}",
+                       "met": met})
+    return checks
+
+
+def run_all(out: Path, count: int = 60, *, single: int | None = None, baseline_sample: int = 5,
+            cold_images: int = 30) -> dict:
+    """Every mode of `bench` on `count` images; writes <out>/bench.json and <out>/bench.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    single = single or min(count, 30)
+    tmp = Path(tempfile.mkdtemp(prefix="daas-bench-"))
+    try:
+        files = build_images(tmp / "images")
+        with local_aws(tmp) as base:
+            report = {"machine": machine(base), "settings": {
+                "workers": base.scale_max, "torch_threads": base.torch_threads, "batch": BATCH, "poll_s": POLL_S,
+                "images": count, "distinct_images": [{"name": n, "bytes": len(d)} for n, d in files]}}
+            modes = {}
+            print(f"raw: {count} images in {base.scale_max} processes…", flush=True)
+            modes["raw"] = raw_mode(base, files, count, single)
+            with stack(base, tmp, "service", idle_timeout=0) as (running, url):
+                print(f"service: starting {base.scale_max} workers…", flush=True)
+                start_workers(running, base.scale_max)
+                modes["service"] = service_mode(url, base.scale_max, files, count)
+                print(f"single: {single} images through /classify…", flush=True)
+                modes["single"] = single_mode(url, files, single)
+            print(f"baseline: {baseline_sample} processes, one per image…", flush=True)
+            modes["baseline"] = baseline_mode(base, tmp / "images", files, baseline_sample)
+            print(f"cold: {cold_images} images from zero workers…", flush=True)
+            modes["cold"] = cold_mode(base, tmp, files, cold_images)
+        report["modes"] = modes
+        report["ratios"] = ratios(modes)
+        report["targets"] = judge(report["ratios"])
+        report["machine"]["load_average_at_end"] = os.getloadavg()
+    except BaseException:
+        print(f"benchmark failed; logs kept in {tmp}", file=sys.stderr)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    plot_bench(report, out / "bench.png")
+    return report
+
+
+def format_report(report: dict) -> str:
+    m, s, modes = report["machine"], report["settings"], report["modes"]
+    raw, service, single, baseline, cold = (modes[k] for k in ("raw", "service", "single", "baseline", "cold"))
+    stages = ", ".join(f"{k} {v:.0f}" for k, v in service["stages_mean_ms"].items())
+    lines = [
+        f"{m['cpu']} ({m['cores']} cores), torch {m['torch']} × {m['torch_threads']} thread(s) per process, "
+        f"celery {m['celery']}, kombu {m['kombu']}",
+        f"{s['images']} images ({len(s['distinct_images'])} distinct), {s['workers']} worker processes",
+        "",
+        f"{'mode':<42}{'images/s':>10}{'p50 ms':>10}{'p95 ms':>10}",
+        f"{'raw: model alone, %d processes' % raw['processes']:<42}{raw['images_per_s']:>10.2f}"
+        f"{raw['busy_ms_per_image']['p50']:>10.0f}{raw['busy_ms_per_image']['p95']:>10.0f}",
+        f"{'raw: one image at a time':<42}{'':>10}"
+        f"{raw['single']['latency_ms']['p50']:>10.0f}{raw['single']['latency_ms']['p95']:>10.0f}",
+        f"{'service: API, %d warm workers' % service['workers']:<42}{service['images_per_s']:>10.2f}"
+        f"{service['latency_ms']['p50']:>10.0f}{service['latency_ms']['p95']:>10.0f}",
+        f"{'single: POST /classify, one at a time':<42}{'':>10}"
+        f"{single['latency_ms']['p50']:>10.0f}{single['latency_ms']['p95']:>10.0f}",
+        f"{'baseline: a process per image':<42}{baseline['images_per_s']:>10.3f}"
+        f"{baseline['mean_s'] * 1000:>10.0f}{'':>10}",
+        f"{'cold: %d images from zero workers' % cold['images']:<42}{cold['images_per_s']:>10.2f}"
+        f"{'':>10}{'':>10}  ({cold['seconds']:.1f} s, first label {cold['first_label_s']:.1f} s)",
+        f"service stages, mean ms per image: {stages}",
+        "",
+        f"{'figure':<24}{'value':>10}  {'target':<12}",
+    ]
+    for check in report["targets"]:
+        unit = {"service / raw": "×", "service / baseline": "×", "single − raw (p50)": " ms",
+                "cold 30 images": " s"}[check["name"]]
+        lines.append(f"{check['name']:<24}{check['value']:>9g}{unit:<2} {check['target']:<12}"
+                     f"{'met' if check['met'] else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def plot_bench(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = report["modes"]
+    fig, (rate_ax, latency_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    names = [f"raw\n{modes['raw']['processes']} processes", f"service\n{modes['service']['workers']} workers",
+             f"cold\n{modes['cold']['images']} from zero", "baseline\nprocess/image"]
+    rates = [modes["raw"]["images_per_s"], modes["service"]["images_per_s"], modes["cold"]["images_per_s"],
+             modes["baseline"]["images_per_s"]]
+    bars = rate_ax.bar(names, rates, color=["tab:gray", "tab:blue", "tab:cyan", "tab:red"])
+    rate_ax.bar_label(bars, fmt="%.2f")
+    rate_ax.set_ylabel("images / s")
+    rate_ax.set_title("throughput")
+
+    groups = [("raw, 1 image", modes["raw"]["single"]["latency_ms"]),
+              ("single\n/classify", modes["single"]["latency_ms"]),
+              (f"service\nupload→label ({modes['service']['images']})", modes["service"]["latency_ms"])]
+    x = range(len(groups))
+    width = 0.38
+    for offset, key, color in ((-width / 2, "p50", "tab:blue"), (width / 2, "p95", "tab:orange")):
+        bars = latency_ax.bar([i + offset for i in x], [g[1][key] for g in groups], width, label=key, color=color)
+        latency_ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    latency_ax.set_xticks(list(x), [g[0] for g in groups])
+    latency_ax.set_yscale("log")
+    latency_ax.set_ylabel("ms (log scale)")
+    latency_ax.set_title("latency percentiles")
+    latency_ax.legend()
+    m = report["machine"]
+    fig.suptitle(f"daas bench: {m['cpu']}, {m['cores']} cores, torch {m['torch']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- `bench scaling` ------------------------------------------------------------------------
+
+def run_scaling(out: Path, sizes: tuple[int, ...] = (10, 30, 100), plot_size: int = 30) -> dict:
+    """Elastic (0..N workers, from zero each time) against one fixed warm worker, per batch size."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="daas-bench-"))
+    try:
+        files = build_images(tmp / "images")
+        with local_aws(tmp) as base:
+            report = {"machine": machine(base), "settings": {
+                "elastic": {"min": 0, "max": base.scale_max, "scale_interval_s": 1.0, "idle_timeout_s": ELASTIC_IDLE_S},
+                "fixed_workers": 1, "batch": BATCH, "poll_s": POLL_S}}
+            elastic, records = {}, []
+            with elastic_stack(base, tmp, "elastic") as (running, url):
+                for size in sizes:
+                    print(f"elastic: {size} images from zero workers…", flush=True)
+                    elastic[size] = elastic_run(running, url, cycle(files, size))
+                    if size == plot_size:  # its timeline, until the workers are gone again
+                        wait_for_zero_workers(running.settings)
+                        records = timeline.read(running.settings.state_dir, since=elastic[size]["since"] - 1)
+                    elastic[size].pop("since")
+            fixed = {}
+            with stack(base, tmp, "fixed", idle_timeout=0) as (running, url):
+                start_workers(running, 1)
+                classify_all(url, files[:2])  # warm-up
+                for size in sizes:
+                    print(f"fixed: {size} images, one warm worker…", flush=True)
+                    run = classify_all(url, cycle(files, size))
+                    fixed[size] = {"images": size, "seconds": round(run.seconds, 3),
+                                   "images_per_s": round(run.images_per_s, 3)}
+        report["runs"] = [{"images": size, "elastic": elastic[size], "fixed": fixed[size]} for size in sizes]
+        report["timeline"] = records
+        report["machine"]["load_average_at_end"] = os.getloadavg()
+    except BaseException:
+        print(f"benchmark failed; logs kept in {tmp}", file=sys.stderr)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    (out / "scaling.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    if records:
+        timeline.plot(records, out / "scaling.png", title=f"daas autoscaling: {plot_size} images from zero workers")
+    return report
+
+
+def format_scaling(report: dict) -> str:
+    m, s = report["machine"], report["settings"]
+    lines = [f"{m['cpu']} ({m['cores']} cores), torch {m['torch']} × {m['torch_threads']} thread(s) per worker",
+             "",
+             f"{'images':>7}  {'elastic 0→%d workers' % s['elastic']['max']:>22}  {'fixed: 1 warm worker':>22}"
+             f"  {'peak workers':>12}"]
+    for run in report["runs"]:
+        e, f = run["elastic"], run["fixed"]
+        lines.append(f"{run['images']:>7}  {e['seconds']:>8.1f} s ({e['images_per_s']:>5.1f}/s)"
+                     f"  {f['seconds']:>8.1f} s ({f['images_per_s']:>5.1f}/s)  {e['peak_workers']:>12}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    out = Path(args.out)
+    if args.which == "scaling":
+        report = run_scaling(out)
+        print(format_scaling(report))
+        print(f"\nwrote {out / 'scaling.json'} and {out / 'scaling.png'}")
+    else:
+        report = run_all(out, args.images)
+        print(format_report(report))
+        print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
+    return 0

@@ -1,0 +1,39 @@
+"""The benchmark machinery end to end on a tiny run: every mode measured, ratios, JSON and plot."""
+import json
+
+from daas import bench
+
+
+def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAAS_SCALE_MAX", "1")  # one worker process: keeps the test quick on 2 cores
+    report = bench.run_all(tmp_path, 4, baseline_sample=1, cold_images=3)
+
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written == json.loads(json.dumps(report))
+    modes = written["modes"]
+    assert set(modes) == {"raw", "service", "single", "baseline", "cold"}
+    for name in ("raw", "service", "baseline", "cold"):
+        assert modes[name]["images_per_s"] > 0, name
+    assert modes["raw"]["processes"] == modes["service"]["workers"] == 1
+    for latency in (modes["raw"]["single"]["latency_ms"], modes["single"]["latency_ms"],
+                    modes["service"]["latency_ms"]):
+        assert 0 < latency["p50"] <= latency["p95"]
+    assert set(modes["service"]["stages_mean_ms"]) == {"fetch", "decode", "forward"}
+    assert len(modes["single"]["latencies_ms"]) == modes["single"]["images"] == 4
+    assert modes["cold"]["seconds"] > 0 and modes["cold"]["peak_workers"] >= 1
+    # The model's labels are the same without and with the service around it.
+    assert all(modes["baseline"]["labels"]) and modes["baseline"]["labels"][0] == modes["raw"]["labels"][0]
+
+    ratios = written["ratios"]
+    assert ratios["service / raw"] == round(modes["service"]["images_per_s"] / modes["raw"]["images_per_s"], 3)
+    assert ratios["service / baseline"] == round(modes["service"]["images_per_s"] / modes["baseline"]["images_per_s"], 1)
+    assert ratios["single − raw (p50)"] == round(
+        modes["single"]["latency_ms"]["p50"] - modes["raw"]["single"]["latency_ms"]["p50"], 1)
+    assert ratios["cold 30 images"] == modes["cold"]["seconds"]
+    assert [t["name"] for t in written["targets"]] == list(bench.TARGETS)
+    assert all(isinstance(t["met"], bool) for t in written["targets"])
+    assert written["machine"]["cores"] >= 1 and written["machine"]["torch"]
+
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = bench.format_report(written)
+    assert "service / baseline" in table and "met" in table
