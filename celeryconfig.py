@@ -2,8 +2,8 @@
 
 Values come from daas.config, so the environment variables in README.md are the only knobs.
 """
-from daas import config as _config
 from daas import broker as _broker
+from daas import config as _config
 
 _settings = _config.load()
 

@@ -13,7 +13,6 @@ from celery import Task
 from daas import config, results, storage
 from daas.aws import client, queue_url
 from daas.celery_app import app
-from daas.images import BadImage
 
 log = logging.getLogger(__name__)
 

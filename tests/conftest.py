@@ -1,8 +1,7 @@
 """Fixtures that run the real service on loopback: a moto server over HTTP, workers, web, controller."""
 from __future__ import annotations
 
-import io
-import os
+import time
 import uuid
 from pathlib import Path
 
@@ -11,9 +10,6 @@ import requests
 
 from daas import aws, config
 from daas.stack import Stack, free_port
-
-SAMPLES = Path(__file__).parent / "data"
-
 
 def skimage_photo(name: str) -> bytes:
     """A real photo shipped with scikit-image (coffee.png, chelsea.png, camera.png, ...)."""
@@ -75,10 +71,15 @@ def service(local_aws, tmp_path_factory):
         yield Service(stack, url)
 
 
-def png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def wait_for(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,13 @@
 """Flower and remote control over the real SQS broker, with SNS fanout (daas/transport.py)."""
 import subprocess
 import sys
-import time
 import uuid
 
 import requests
 
 from daas import aws
 from daas.stack import Stack, child_env
-from tests.conftest import Service, make_settings, skimage_photo
+from tests.conftest import Service, make_settings, skimage_photo, wait_for
 
 
 def stack_queues(settings) -> set[str]:
@@ -23,15 +22,6 @@ def subscriptions(settings) -> list[str]:
     return [s["Endpoint"] for t in sns.list_topics()["Topics"] if settings.stack in t["TopicArn"]
             for s in sns.list_subscriptions_by_topic(TopicArn=t["TopicArn"])["Subscriptions"]]
 
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_flower_sees_workers_and_tasks_and_nothing_is_left_behind(local_aws, tmp_path):

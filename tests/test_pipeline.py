@@ -1,7 +1,6 @@
 """The service end to end on loopback: moto server over HTTP, a real Celery worker, the web tier."""
 import io
 import json
-import time
 
 import pytest
 from PIL import Image

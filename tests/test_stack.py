@@ -4,13 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
 from daas.stack import free_port
-from tests.conftest import skimage_photo
+from tests.conftest import wait_for, skimage_photo
 
 
 def session_processes(sid: int) -> list[str]:
@@ -24,15 +23,6 @@ def session_processes(sid: int) -> list[str]:
             found.append(stat.parent.name)
     return found
 
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
