@@ -29,12 +29,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Iterator
 
 import requests
 
@@ -239,7 +239,7 @@ def classify_all(url: str, files: list[File], batch: int = BATCH, poll: float = 
             sent = time.perf_counter()
             try:
                 uploaded.put((client.submit(files[start:start + batch])["job_id"], sent))
-            except Exception as exc:  # handed to the polling thread, which raises it
+            except Exception as exc:  # noqa: BLE001 (handed to the polling thread, which raises it)
                 uploaded.put(exc)
                 return
 
@@ -440,7 +440,9 @@ def run_all(out: Path, count: int = 60, *, single: int | None = None, baseline_s
         files = build_images(tmp / "images")
         with local_aws(tmp) as base:
             report = {"machine": machine(base), "settings": {
-                "workers": base.scale_max, "torch_threads": base.torch_threads, "batch": BATCH, "poll_s": POLL_S,
+                "workers": base.scale_max, "torch_threads": base.torch_threads, "events": base.events,
+                "prefetch_multiplier": base.prefetch_multiplier, "batch": BATCH, "poll_s": POLL_S,
+                "cold": {"scale_interval_s": 1.0, "idle_timeout_s": ELASTIC_IDLE_S},
                 "images": count, "distinct_images": [{"name": n, "bytes": len(d)} for n, d in files]}}
             modes = {}
             print(f"raw: {count} images in {base.scale_max} processes…", flush=True)
@@ -468,37 +470,41 @@ def run_all(out: Path, count: int = 60, *, single: int | None = None, baseline_s
     return report
 
 
+def _ms(figures: dict) -> tuple[str, str]:
+    return f"{figures['p50']:.0f}", f"{figures['p95']:.0f}"
+
+
+def _row(label: str, rate: str = "", p50: str = "", p95: str = "", note: str = "") -> str:
+    return f"{label:<42}{rate:>10}{p50:>10}{p95:>10}{note}"
+
+
 def format_report(report: dict) -> str:
     m, s, modes = report["machine"], report["settings"], report["modes"]
     raw, service, single, baseline, cold = (modes[k] for k in ("raw", "service", "single", "baseline", "cold"))
     stages = ", ".join(f"{k} {v:.0f}" for k, v in service["stages_mean_ms"].items())
     lines = [
-        f"{m['cpu']} ({m['cores']} cores), torch {m['torch']} × {m['torch_threads']} thread(s) per process, "
-        f"celery {m['celery']}, kombu {m['kombu']}",
+        (f"{m['cpu']} ({m['cores']} cores), torch {m['torch']} × {m['torch_threads']} thread(s) per process, "
+         f"celery {m['celery']}, kombu {m['kombu']}"),
         f"{s['images']} images ({len(s['distinct_images'])} distinct), {s['workers']} worker processes",
         "",
-        f"{'mode':<42}{'images/s':>10}{'p50 ms':>10}{'p95 ms':>10}",
-        f"{'raw: model alone, %d processes' % raw['processes']:<42}{raw['images_per_s']:>10.2f}"
-        f"{raw['busy_ms_per_image']['p50']:>10.0f}{raw['busy_ms_per_image']['p95']:>10.0f}",
-        f"{'raw: one image at a time':<42}{'':>10}"
-        f"{raw['single']['latency_ms']['p50']:>10.0f}{raw['single']['latency_ms']['p95']:>10.0f}",
-        f"{'service: API, %d warm workers' % service['workers']:<42}{service['images_per_s']:>10.2f}"
-        f"{service['latency_ms']['p50']:>10.0f}{service['latency_ms']['p95']:>10.0f}",
-        f"{'single: POST /classify, one at a time':<42}{'':>10}"
-        f"{single['latency_ms']['p50']:>10.0f}{single['latency_ms']['p95']:>10.0f}",
-        f"{'baseline: a process per image':<42}{baseline['images_per_s']:>10.3f}"
-        f"{baseline['mean_s'] * 1000:>10.0f}{'':>10}",
-        f"{'cold: %d images from zero workers' % cold['images']:<42}{cold['images_per_s']:>10.2f}"
-        f"{'':>10}{'':>10}  ({cold['seconds']:.1f} s, first label {cold['first_label_s']:.1f} s)",
+        _row("mode", "images/s", "p50 ms", "p95 ms"),
+        _row(f"raw: model alone, {raw['processes']} processes", f"{raw['images_per_s']:.2f}",
+             *_ms(raw["busy_ms_per_image"])),
+        _row("raw: one image at a time", "", *_ms(raw["single"]["latency_ms"])),
+        _row(f"service: API, {service['workers']} warm workers", f"{service['images_per_s']:.2f}",
+             *_ms(service["latency_ms"])),
+        _row("single: POST /classify, one at a time", "", *_ms(single["latency_ms"])),
+        _row("baseline: a process per image", f"{baseline['images_per_s']:.3f}", f"{baseline['mean_s'] * 1000:.0f}"),
+        _row(f"cold: {cold['images']} images from zero workers", f"{cold['images_per_s']:.2f}", "", "",
+             f"  ({cold['seconds']:.1f} s, first label {cold['first_label_s']:.1f} s)"),
         f"service stages, mean ms per image: {stages}",
         "",
-        f"{'figure':<24}{'value':>10}  {'target':<12}",
+        f"{'figure':<24}{'value':>11}  {'target':<12}",
     ]
+    units = {"service / raw": "×", "service / baseline": "×", "single − raw (p50)": " ms", "cold 30 images": " s"}
     for check in report["targets"]:
-        unit = {"service / raw": "×", "service / baseline": "×", "single − raw (p50)": " ms",
-                "cold 30 images": " s"}[check["name"]]
-        lines.append(f"{check['name']:<24}{check['value']:>9g}{unit:<2} {check['target']:<12}"
-                     f"{'met' if check['met'] else 'NOT met'}")
+        value = f"{check['value']:g}{units[check['name']]}"
+        lines.append(f"{check['name']:<24}{value:>11}  {check['target']:<12}{'met' if check['met'] else 'NOT met'}")
     return "\n".join(lines)
 
 
@@ -550,7 +556,8 @@ def run_scaling(out: Path, sizes: tuple[int, ...] = (10, 30, 100), plot_size: in
         with local_aws(tmp) as base:
             report = {"machine": machine(base), "settings": {
                 "elastic": {"min": 0, "max": base.scale_max, "scale_interval_s": 1.0, "idle_timeout_s": ELASTIC_IDLE_S},
-                "fixed_workers": 1, "batch": BATCH, "poll_s": POLL_S}}
+                "fixed_workers": 1, "torch_threads": base.torch_threads, "events": base.events,
+                "batch": BATCH, "poll_s": POLL_S}}
             elastic, records = {}, []
             with elastic_stack(base, tmp, "elastic") as (running, url):
                 for size in sizes:
@@ -558,7 +565,7 @@ def run_scaling(out: Path, sizes: tuple[int, ...] = (10, 30, 100), plot_size: in
                     elastic[size] = elastic_run(running, url, cycle(files, size))
                     if size == plot_size:  # its timeline, until the workers are gone again
                         wait_for_zero_workers(running.settings)
-                        records = timeline.read(running.settings.state_dir, since=elastic[size]["since"] - 1)
+                        records = timeline.read(running.settings.state_dir, since=elastic[size]["since"])
                     elastic[size].pop("since")
             fixed = {}
             with stack(base, tmp, "fixed", idle_timeout=0) as (running, url):
@@ -586,8 +593,8 @@ def format_scaling(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     lines = [f"{m['cpu']} ({m['cores']} cores), torch {m['torch']} × {m['torch_threads']} thread(s) per worker",
              "",
-             f"{'images':>7}  {'elastic 0→%d workers' % s['elastic']['max']:>22}  {'fixed: 1 warm worker':>22}"
-             f"  {'peak workers':>12}"]
+             (f"{'images':>7}  {'elastic 0→' + str(s['elastic']['max']) + ' workers':>22}"
+              f"  {'fixed: 1 warm worker':>22}  {'peak workers':>12}")]
     for run in report["runs"]:
         e, f = run["elastic"], run["fixed"]
         lines.append(f"{run['images']:>7}  {e['seconds']:>8.1f} s ({e['images_per_s']:>5.1f}/s)"

@@ -1,13 +1,13 @@
 """The result document stored per image in the output bucket (also what the API returns)."""
 from __future__ import annotations
 
-import time
+from datetime import datetime, timezone
 
 
 def _base(job_id: str, image_id: str, name: str, status: str) -> dict:
     return {"id": image_id, "job_id": job_id, "name": name, "status": status,
             "label": None, "score": None, "top5": [], "error": None,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
 
 
 def done(job_id: str, image_id: str, name: str, prediction, model: str, worker: str,

@@ -11,6 +11,8 @@ whose bindings live in each process: Flower sees no workers and no tasks. This s
 - emulates AMQP auto-delete: per-process queues (pidbox, event receivers) and their SNS
   subscriptions are removed when the process closes its channel or exits. What a killed process
   leaves behind is swept by `daas.tasks.sweep_orphans`.
+
+It also mends a stall in kombu's event loop (see `_fire_timers_without_stalling`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import logging
 import weakref
 
 from botocore.exceptions import ClientError
+from kombu.asynchronous.hub import Hub
 from kombu.transport import SQS
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,26 @@ def _delete_auto_queues_at_exit() -> None:
     # Flower's event thread is a daemon and never closes its channel.
     for channel in list(_channels):
         channel.delete_auto_queues()
+
+
+def _fire_timers_without_stalling(original):
+    """kombu's event loop runs timers, then polls its sockets for the delay the timers return (up
+    to 1 s). When a timer callback schedules work with call_soon (the SQS client's periodic check
+    does, for the next ReceiveMessage), that work waits out the whole poll: a worker finishing its
+    task at 60 ms idled until the next second. Polling without a wait while work is ready keeps the
+    loop busy only as long as there is something to do. Measured on 2 cores: one worker went
+    from about 2.5 to 10 images/s."""
+
+    def fire_timers(self, *args, **kwargs):
+        delay = original(self, *args, **kwargs)
+        return 0 if self._ready else delay
+
+    fire_timers.fixes_ready_stall = True
+    return fire_timers
+
+
+if not getattr(Hub.fire_timers, "fixes_ready_stall", False):
+    Hub.fire_timers = _fire_timers_without_stalling(Hub.fire_timers)
 
 
 class Transport(SQS.Transport):
