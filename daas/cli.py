@@ -37,10 +37,12 @@ def cmd_up(args: argparse.Namespace) -> int:
               f"  AWS endpoint {stack.settings.aws_endpoint or 'AWS ' + settings.region}\n"
               "Workers start when images arrive and power off when idle. Ctrl-C stops everything.",
               flush=True)
-        while all(p.poll() is None for p in stack.processes.values()):
+        while True:
             time.sleep(0.5)
-        failed = [name for name, p in stack.processes.items() if p.poll() is not None]
-        print(f"stopping: {', '.join(failed)} exited (see its log)", file=sys.stderr)
+            for name, code in stack.restart_exited():
+                print(f"{name} exited with code {code}; restarted it (see its log)", file=sys.stderr, flush=True)
+    except RuntimeError as exc:
+        print(f"stopping: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -64,6 +66,19 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = config.load()
     create_app(settings).run(host=settings.host, port=settings.web_port, threaded=True)
+    return 0
+
+
+def cmd_controller(_args: argparse.Namespace) -> int:
+    """The control-queue worker: autoscaler ticks, dead-letter reaper, orphan sweeper."""
+    from daas.celery_app import app
+
+    settings = config.load()
+    # No remote control here: nothing to inspect, and a pidbox would only add SQS traffic.
+    app.conf.worker_enable_remote_control = False
+    app.worker_main(["worker", "--queues", settings.control_queue, "--pool", "solo",
+                     "--hostname", f"{settings.stack}-controller@%h", "--loglevel", "INFO",
+                     "--without-mingle", "--without-gossip", *([] if settings.events else ["--without-heartbeat"])])
     return 0
 
 
@@ -144,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     sub.add_parser("init", help="create the buckets and queues").set_defaults(func=cmd_init)
     sub.add_parser("web", help="run the web tier").set_defaults(func=cmd_web)
+    sub.add_parser("controller", help="run the controller (autoscaler, reaper)").set_defaults(func=cmd_controller)
     worker = sub.add_parser("worker", help="run a classification worker")
     worker.add_argument("--register-in", metavar="DIR",
                         help="register as <pid> here, and <pid>.ready once consuming (local provider)")

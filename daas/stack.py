@@ -58,6 +58,8 @@ class Stack:
     settings: config.Settings
     log_dir: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    restarts: dict[str, list[float]] = field(default_factory=dict)
     _group: int | None = None
     _endpoint: subprocess.Popen | None = None
 
@@ -76,13 +78,28 @@ class Stack:
         return url
 
     # -- service processes -----------------------------------------------------------------
-    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        env = {**child_env(self.settings), **(extra_env or {})}
-        process = subprocess.Popen(args, env=env, stdout=self._log(name), stderr=subprocess.STDOUT,
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        process = subprocess.Popen(args, env=child_env(self.settings), stdout=self._log(name), stderr=subprocess.STDOUT,
                                    process_group=self._group or 0)
         self._group = self._group or process.pid
-        self.processes[name] = process
+        self.processes[name], self.commands[name] = process, args
         return process
+
+    def restart_exited(self, limit: int = 5, window: float = 60.0) -> list[tuple[str, int]]:
+        """Start again every process that exited, as a supervisor would: (name, exit code) each.
+        A process that exits `limit` times within `window` seconds is crash-looping: RuntimeError."""
+        restarted = []
+        for name, process in list(self.processes.items()):
+            if process.poll() is None:
+                continue
+            now = time.monotonic()
+            recent = [t for t in self.restarts.get(name, []) if now - t < window] + [now]
+            if len(recent) > limit:
+                raise RuntimeError(f"{name} exited {len(recent)} times within {window:.0f} s; see its log")
+            self.restarts[name] = recent
+            self.spawn(name, self.commands[name])
+            restarted.append((name, process.returncode))
+        return restarted
 
     def start_web(self) -> str:
         process = self.spawn("web", [PYTHON, "-m", "daas", "web"])
@@ -99,11 +116,7 @@ class Stack:
         """The control-queue worker (autoscaler, dead-letter reaper) and beat, which ticks it."""
         state = self.settings.state_dir
         state.mkdir(parents=True, exist_ok=True)
-        self.spawn("controller", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "worker",
-                                  "--queues", self.settings.control_queue, "--pool", "solo",
-                                  "--hostname", f"{self.settings.stack}-controller@%h",
-                                  "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-                                  *([] if self.settings.events else ["--without-heartbeat"])])
+        self.spawn("controller", [PYTHON, "-m", "daas", "controller"])
         self.spawn("beat", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "beat", "--loglevel", "INFO",
                             "--schedule", str(state / "beat-schedule")])
 

@@ -11,6 +11,7 @@ import requests
 from daas import aws, config
 from daas.stack import Stack, free_port
 
+
 def skimage_photo(name: str) -> bytes:
     """A real photo shipped with scikit-image (coffee.png, chelsea.png, camera.png, ...)."""
     import skimage

@@ -1,5 +1,5 @@
-from daas.jobs import display_name
 from daas import results
+from daas.jobs import display_name
 from daas.model import Prediction
 
 

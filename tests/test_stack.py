@@ -9,7 +9,7 @@ from pathlib import Path
 import requests
 
 from daas.stack import free_port
-from tests.conftest import wait_for, skimage_photo
+from tests.conftest import skimage_photo, wait_for
 
 
 def session_processes(sid: int) -> list[str]:
@@ -73,6 +73,15 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
         wait_for(lambda: requests.get(f"{web}/api/status", timeout=10).json()["workers"]
                  == {"running": 0, "starting": 0}, 60, "workers to power off")
         assert not subprocess.run(["pgrep", "-f", "daas worker", "-s", str(up.pid)]).returncode == 0
+
+        # A crashed controller is restarted, as a supervisor would.
+        def controller_pid() -> int | None:
+            found = subprocess.run(["pgrep", "-f", "daas controller", "-s", str(up.pid)], capture_output=True, text=True)
+            return int(found.stdout.split()[0]) if found.returncode == 0 else None
+
+        crashed = controller_pid()
+        os.kill(crashed, signal.SIGKILL)
+        wait_for(lambda: controller_pid() not in (None, crashed), 15, "the controller to be restarted")
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)

@@ -23,9 +23,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import requests
 
-from tests.conftest import skimage_photo
 from daas import aws, config, providers
 from daas.stack import Stack, child_env, free_port, wait_for_http
+from tests.conftest import skimage_photo
 
 AMI = Path(__file__).resolve().parent.parent / "worker_ami"
 POWEROFF = "sudo -n /usr/bin/systemctl poweroff"
