@@ -28,6 +28,10 @@ class Rejected(Exception):
         self.status = status
 
 
+# Shared by all requests of a web process: S3 writes of a request go out in parallel.
+_uploads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="s3-upload")
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -64,12 +68,13 @@ def submit(settings: Settings, uploads: list[Upload]) -> dict:
         raise Rejected(reasons, statuses.pop() if len(statuses) == 1 else 400)
 
     images = [image for image, _ in accepted] + [image for image, _ in rejected]
-    storage.put_manifest(settings, {"job_id": job_id, "created": time.time(), "images": images})
-    for image, exc in rejected:
-        storage.put_result(settings, results.error(job_id, image["id"], image["name"], str(exc)))
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda item: storage.put_image(
-            settings, storage.image_key(job_id, item[0]["id"]), item[1], item[0]["name"]), accepted))
+    writes = [lambda: storage.put_manifest(settings, {"job_id": job_id, "created": time.time(), "images": images})]
+    writes += [lambda i=image, e=exc: storage.put_result(settings, results.error(job_id, i["id"], i["name"], str(e)))
+               for image, exc in rejected]
+    writes += [lambda i=image, d=data: storage.put_image(settings, storage.image_key(job_id, i["id"]), d, i["name"])
+               for image, data in accepted]
+    for future in [_uploads.submit(write) for write in writes]:  # in parallel; re-raises any failure
+        future.result()
     for image, _ in accepted:  # enqueue only once the image is in the bucket
         classify.apply_async((job_id, image["id"], image["name"]), queue=settings.queue)
     nudge_autoscaler(settings)

@@ -76,13 +76,15 @@ def get_results(settings: Settings, keys: list[str]) -> list[dict]:
 def wait_for_result(settings: Settings, key: str, timeout: float) -> dict | None:
     """Poll the output bucket until the result appears; None after `timeout` seconds.
 
-    Polling starts at 5 ms and backs off to 200 ms, so a warm worker's answer is seen within a
-    few milliseconds while a long wait costs at most 5 GET requests a second.
+    Every 10 ms for the first half second (a warm worker answers in tens of milliseconds), then
+    backing off to 200 ms, so that a long wait costs at most 5 GET requests a second.
     """
-    deadline, delay = time.monotonic() + timeout, 0.005
+    started = time.monotonic()
+    deadline, delay = started + timeout, 0.01
     while True:
         result = get_result(settings, key)
         if result is not None or time.monotonic() >= deadline:
             return result
         time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-        delay = min(delay * 1.5, 0.2)
+        if time.monotonic() - started > 0.5:
+            delay = min(delay * 1.5, 0.2)
