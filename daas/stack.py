@@ -58,7 +58,7 @@ class Stack:
     settings: config.Settings
     log_dir: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    commands: dict[str, list[str]] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], dict | None]] = field(default_factory=dict)
     restarts: dict[str, list[float]] = field(default_factory=dict)
     _group: int | None = None
     _endpoint: subprocess.Popen | None = None
@@ -78,11 +78,11 @@ class Stack:
         return url
 
     # -- service processes -----------------------------------------------------------------
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        process = subprocess.Popen(args, env=child_env(self.settings), stdout=self._log(name), stderr=subprocess.STDOUT,
+    def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        process = subprocess.Popen(args, env={**child_env(self.settings), **(extra_env or {})}, stdout=self._log(name), stderr=subprocess.STDOUT,
                                    process_group=self._group or 0)
         self._group = self._group or process.pid
-        self.processes[name], self.commands[name] = process, args
+        self.processes[name], self.commands[name] = process, (args, extra_env)
         return process
 
     def restart_exited(self, limit: int = 5, window: float = 60.0) -> list[tuple[str, int]]:
@@ -97,7 +97,7 @@ class Stack:
             if len(recent) > limit:
                 raise RuntimeError(f"{name} exited {len(recent)} times within {window:.0f} s; see its log")
             self.restarts[name] = recent
-            self.spawn(name, self.commands[name])
+            self.spawn(name, *self.commands[name])
             restarted.append((name, process.returncode))
         return restarted
 

@@ -334,10 +334,7 @@ def recorded_calls(tmp_path_factory) -> dict[str, set[tuple[str, str]]]:
         web = stack.spawn("web", [sys.executable, "-m", "daas", "web"], env["controller"])
         url = f"http://{settings.host}:{settings.web_port}"
         wait_for_http(f"{url}/healthz", 60, web)
-        stack.spawn("controller", [sys.executable, "-m", "celery", "-A", "daas.celery_app", "worker", "--queues",
-                                   admin.control_queue, "--pool", "solo", "--hostname", "daas-controller@%h",
-                                   "--without-mingle", "--without-gossip"],
-                    env["controller"])
+        stack.spawn("controller", [sys.executable, "-m", "daas", "controller"], env["controller"])
         stack.spawn("beat", [sys.executable, "-m", "celery", "-A", "daas.celery_app", "beat", "--schedule",
                              str(tmp / "beat-schedule")], env["controller"])
         photo = skimage_photo("coffee.png")
