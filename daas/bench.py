@@ -157,6 +157,18 @@ def machine(settings: config.Settings) -> dict:
             "moto": metadata.version("moto"), "load_average_at_start": os.getloadavg()}
 
 
+@contextmanager
+def workspace() -> Iterator[Path]:
+    """A temporary folder for one run: removed on success, kept on failure for its logs."""
+    tmp = Path(tempfile.mkdtemp(prefix="daas-bench-"))
+    try:
+        yield tmp
+    except BaseException:
+        print(f"benchmark failed; logs kept in {tmp}", file=sys.stderr)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 # -- stacks on the shared local AWS endpoint ---------------------------------------------------
 
 @contextmanager
@@ -440,8 +452,7 @@ def run_all(out: Path, count: int = 60, *, single: int | None = None, baseline_s
     """Every mode of `bench` on `count` images; writes <out>/bench.json and <out>/bench.png."""
     out.mkdir(parents=True, exist_ok=True)
     single = single or min(count, 30)
-    tmp = Path(tempfile.mkdtemp(prefix="daas-bench-"))
-    try:
+    with workspace() as tmp:
         files = build_images(tmp / "images")
         with local_aws(tmp) as base:
             report = {"machine": machine(base), "settings": {
@@ -466,10 +477,6 @@ def run_all(out: Path, count: int = 60, *, single: int | None = None, baseline_s
         report["ratios"] = ratios(modes)
         report["targets"] = judge(report["ratios"])
         report["machine"]["load_average_at_end"] = os.getloadavg()
-    except BaseException:
-        print(f"benchmark failed; logs kept in {tmp}", file=sys.stderr)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     plot_bench(report, out / "bench.png")
     return report
@@ -555,8 +562,7 @@ def plot_bench(report: dict, path: Path) -> None:
 def run_scaling(out: Path, sizes: tuple[int, ...] = (10, 30, 100), plot_size: int = 30) -> dict:
     """Elastic (0..N workers, from zero each time) against one fixed warm worker, per batch size."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="daas-bench-"))
-    try:
+    with workspace() as tmp:
         files = build_images(tmp / "images")
         with local_aws(tmp) as base:
             report = {"machine": machine(base), "settings": {
@@ -584,10 +590,6 @@ def run_scaling(out: Path, sizes: tuple[int, ...] = (10, 30, 100), plot_size: in
         report["runs"] = [{"images": size, "elastic": elastic[size], "fixed": fixed[size]} for size in sizes]
         report["timeline"] = records
         report["machine"]["load_average_at_end"] = os.getloadavg()
-    except BaseException:
-        print(f"benchmark failed; logs kept in {tmp}", file=sys.stderr)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
     (out / "scaling.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     if records:
         timeline.plot(records, out / "scaling.png", title=f"daas autoscaling: {plot_size} images from zero workers")
