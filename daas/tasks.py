@@ -83,11 +83,12 @@ def reap(cfg: config.Settings) -> int:
 
 
 
-@app.task(name="daas.sweep_orphans", bind=True, ignore_result=True)
-def sweep_orphans(self) -> list[str]:
+@app.task(name="daas.sweep_orphans", ignore_result=True)
+def sweep_orphans() -> list[str]:
     from kombu.transport.SQS import CHARS_REPLACE_TABLE
 
-    live = {self.request.hostname} | {host for reply in app.control.ping(timeout=2.0) or [] for host in reply}
+    # The controller running this has remote control off, so it has no pidbox of its own to keep.
+    live = {host for reply in app.control.ping(timeout=2.0) or [] for host in reply}
     pidboxes = {f"{host}.{app.conf.control_exchange}.pidbox".translate(CHARS_REPLACE_TABLE) for host in live}
     return sweep(settings(), pidboxes)
 

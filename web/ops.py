@@ -18,8 +18,10 @@ def _settings():
 
 
 def _provider():
-    # One provider per app: the EC2 one holds a client, the local one only reads files.
-    return current_app.extensions.setdefault("daas_provider", make_provider(_settings()))
+    # One provider per app, built on first use (not on every request).
+    if "daas_provider" not in current_app.extensions:
+        current_app.extensions["daas_provider"] = make_provider(_settings())
+    return current_app.extensions["daas_provider"]
 
 
 def flower_url() -> str:
