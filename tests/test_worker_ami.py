@@ -275,10 +275,23 @@ def _events_or_remote_control(action: str, resource: str) -> bool:
     return action.startswith("sns:") or resource.endswith("-pidbox") or "-celeryev" in resource
 
 
+def _entries(text: str):
+    """Every JSON object of moto's recording. moto writes an entry and its newline in two calls, so
+    under concurrent requests two entries can share a line: read objects one after another."""
+    decoder, position = json.JSONDecoder(), 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return
+        entry, position = decoder.raw_decode(text, position)
+        yield entry
+
+
 def _recorded(recording: Path, keys: dict[str, str]) -> dict[str, set[tuple[str, str]]]:
     calls: dict[str, set[tuple[str, str]]] = {role: set() for role in keys}
-    for line in recording.read_text().splitlines():
-        key, action, resource = _call(json.loads(line))
+    for entry in _entries(recording.read_text()):
+        key, action, resource = _call(entry)
         for role, role_key in keys.items():
             if key == role_key:
                 calls[role].add((action, resource))
