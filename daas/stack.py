@@ -68,7 +68,7 @@ class Stack:
         """Start moto in server mode on loopback and point the settings at it."""
         port = self.settings.aws_port
         self._endpoint = subprocess.Popen(
-            [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [PYTHON, "-m", "daas.local_endpoint", "-H", "127.0.0.1", "-p", str(port)],
             stdout=self._log("aws"), stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{url}/moto-api/", 30, self._endpoint)

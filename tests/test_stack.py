@@ -89,3 +89,13 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
     for port in ports.values():
         with __import__("socket").socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+
+
+def test_local_endpoint_memo_matches_moto():
+    """The endpoint's memoised service list is what moto computes per request (guards a moto upgrade)."""
+    from moto import backends
+
+    from daas import local_endpoint
+
+    assert local_endpoint._list_of_moto_modules() == frozenset(backends.list_of_moto_modules())
+    assert {"s3", "sqs", "sns", "ec2"} <= local_endpoint._list_of_moto_modules()
