@@ -41,8 +41,12 @@ task_serializer = "json"
 accept_content = ["json"]
 
 # Events (Flower) and remote control (inspect) fan out through SNS, under per-stack names.
+# Workers send task events (received, started, succeeded or failed: what Flower shows). The web
+# tier sends none: a task-sent event would cost an SNS publish per uploaded image (and endpoint CPU
+# in the local bench, see README, Performance) only to show tasks still waiting in the queue; the
+# status panel shows the queue's depth instead.
 worker_send_task_events = _settings.events
-task_send_sent_event = _settings.events
+task_send_sent_event = False
 event_exchange = _broker.event_exchange(_settings)
 event_queue_prefix = f"{_settings.stack}-celeryev"
 control_exchange = _settings.stack
