@@ -1,20 +1,23 @@
 """The benchmark machinery end to end on a tiny run: every mode measured, ratios, JSON and plot."""
 import json
+import os
 
 from daas import bench
 
 
 def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DAAS_SCALE_MAX", "1")  # one worker process: keeps the test quick on 2 cores
-    report = bench.run_all(tmp_path, 4, baseline_sample=1, cold_images=3)
+    report = bench.run_all(tmp_path, 4, workers=1, baseline_sample=1, cold_images=3)
 
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written == json.loads(json.dumps(report))
     modes = written["modes"]
-    assert set(modes) == {"raw", "service", "single", "baseline", "cold"}
-    for name in ("raw", "service", "baseline", "cold"):
-        assert modes[name]["images_per_s"] > 0, name
-    assert modes["raw"]["processes"] == modes["service"]["workers"] == 1
+    assert set(modes) == {"raw", "service", "single", "baseline", "cold", "colocated"}
+    for mode in (modes["raw"], modes["service"], modes["baseline"], modes["cold"], *modes["colocated"].values()):
+        assert mode["images_per_s"] > 0, mode
+    assert modes["raw"]["processes"] == modes["service"]["workers"] == modes["colocated"]["service"]["workers"] == 1
+    front, workers = written["settings"]["front_cores"], written["settings"]["worker_cores"]
+    assert workers and front and (set(front).isdisjoint(workers) or front == workers)
     for latency in (modes["raw"]["single"]["latency_ms"], modes["single"]["latency_ms"],
                     modes["service"]["latency_ms"]):
         assert 0 < latency["p50"] <= latency["p95"]
@@ -30,10 +33,24 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     assert ratios["single − raw (p50)"] == round(
         modes["single"]["latency_ms"]["p50"] - modes["raw"]["single"]["latency_ms"]["p50"], 1)
     assert ratios["cold 30 images"] == modes["cold"]["seconds"]
+    assert ratios["service / raw, colocated"] == round(
+        modes["colocated"]["service"]["images_per_s"] / modes["colocated"]["raw"]["images_per_s"], 3)
     assert [t["name"] for t in written["targets"]] == list(bench.TARGETS)
     assert all(isinstance(t["met"], bool) for t in written["targets"])
     assert written["machine"]["cores"] >= 1 and written["machine"]["torch"]
 
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = bench.format_report(written)
-    assert "service / baseline" in table and "met" in table
+    assert "service / baseline" in table and "met" in table and "colocated" in table
+
+
+def test_on_cores_pins_the_processes_started_inside():
+    import subprocess
+    import sys
+
+    cores = sorted(os.sched_getaffinity(0))
+    with bench.on_cores({cores[-1]}):
+        child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                               capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == str([cores[-1]])
+    assert sorted(os.sched_getaffinity(0)) == cores  # this thread has its cores back
