@@ -79,7 +79,8 @@ class Stack:
 
     # -- service processes -----------------------------------------------------------------
     def spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        process = subprocess.Popen(args, env={**child_env(self.settings), **(extra_env or {})}, stdout=self._log(name), stderr=subprocess.STDOUT,
+        env = {**child_env(self.settings), **(extra_env or {})}
+        process = subprocess.Popen(args, env=env, stdout=self._log(name), stderr=subprocess.STDOUT,
                                    process_group=self._group or 0)
         self._group = self._group or process.pid
         self.processes[name], self.commands[name] = process, (args, extra_env)
