@@ -50,6 +50,10 @@ def _check_pixels(image: Image.Image, max_pixels: int) -> None:
         raise BadImage("the image has no pixels")
 
 
+# What workers decode JPEGs down to: twice the model's 256-pixel resize, so quality holds.
+WORKER_DRAFT_SIZE = (2 * 256, 2 * 256)
+
+
 def decode(data: bytes, max_pixels: int, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode fully into 8-bit RGB; truncated or corrupt data raises BadImage.
 

@@ -14,6 +14,12 @@ from daas.aws import client
 from daas.config import Settings
 
 
+def warm_up(settings: Settings) -> None:
+    """Build the S3 client now: botocore parses its service model then (about 60 ms of CPU),
+    which a worker would otherwise pay in its first task."""
+    client("s3", settings)
+
+
 def image_key(job_id: str, image_id: str) -> str:
     return f"{job_id}/{image_id}"
 

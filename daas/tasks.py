@@ -30,19 +30,33 @@ class ClassifyTask(Task):
     max_retries = 3
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        job_id, image_id, name = args
+        job_id, chunk = args
         message = f"the image could not be processed: internal error ({type(exc).__name__}); please retry"
         try:
-            storage.put_result(settings(), results.error(job_id, image_id, name, message))
-        except Exception:  # storage itself is down: the job shows the image as queued
-            log.exception("could not record the failure of image %s", image_id)
+            record_failure(settings(), job_id, chunk, message)
+        except Exception:  # storage itself is down: the job shows the images as queued
+            log.exception("could not record the failure of the images %s", chunk)
 
 
 @app.task(base=ClassifyTask, name="daas.classify")
-def classify(job_id: str, image_id: str, name: str) -> None:
-    from daas.worker import classify_image  # torch is imported by workers only
+def classify(job_id: str, chunk: list[list[str]]) -> int:
+    """Classify a chunk of a job's images ([image_id, name] pairs, see daas.jobs.chunks), writing
+    each result as soon as it is known. Returns how many images it classified (Flower shows it)."""
+    from daas.worker import classify_chunk  # torch is imported by workers only
 
-    storage.put_result(settings(), classify_image(settings(), job_id, image_id, name))
+    for result in classify_chunk(settings(), job_id, chunk):
+        storage.put_result(settings(), result)
+    return len(chunk)
+
+
+def record_failure(cfg: config.Settings, job_id: str, chunk: list[list[str]], message: str) -> int:
+    """An error result for each image of a failed task that has no result yet: images finished
+    before the failure keep their labels. Returns how many it wrote."""
+    missing = [(image_id, name) for image_id, name in chunk
+               if storage.get_result(cfg, storage.image_key(job_id, image_id)) is None]
+    for image_id, name in missing:
+        storage.put_result(cfg, results.error(job_id, image_id, name, message))
+    return len(missing)
 
 
 def decode_task_message(body: str) -> tuple[str, list]:
@@ -58,7 +72,8 @@ def reap_dead_letters() -> int:
 
 
 def reap(cfg: config.Settings) -> int:
-    """Turn messages that SQS dead-lettered (their worker died on every attempt) into error results."""
+    """Turn messages that SQS dead-lettered (their worker died on every attempt) into error results;
+    returns how many images it gave up on."""
     sqs = client("sqs", cfg)
     url = queue_url(cfg, cfg.dead_letter_queue)
     reaped = 0
@@ -72,11 +87,10 @@ def reap(cfg: config.Settings) -> int:
             except (ValueError, KeyError, IndexError):
                 task, args = None, []
             if task == "daas.classify":
-                job_id, image_id, name = args
-                storage.put_result(cfg, results.error(
-                    job_id, image_id, name,
-                    f"the worker stopped while classifying this image {cfg.max_receives} times; giving up"))
-                reaped += 1
+                job_id, chunk = args
+                reaped += record_failure(cfg, job_id, chunk, (
+                    f"the worker stopped {cfg.max_receives} times while classifying this image or "
+                    "another one sent with it; giving up"))
             else:
                 log.warning("dropping an unreadable dead-lettered message %s", message["MessageId"])
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 from celery import bootsteps, signals
 from celery.worker import state as worker_state
@@ -28,7 +29,7 @@ _idle_exit = False
 
 
 def classifier():
-    """The process's model, loaded on first use (normally at process start, see preload)."""
+    """The process's model, loaded on first use (normally at process start, see _warm_up)."""
     global _classifier
     if _classifier is None:
         import torch
@@ -43,27 +44,42 @@ def classifier():
     return _classifier
 
 
-def classify_image(cfg: config.Settings, job_id: str, image_id: str, name: str) -> dict:
-    """Fetch, decode, classify one image: its result document (an error result for bad input)."""
-    timings, mark = {}, time.perf_counter()
+def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]]) -> Iterator[dict]:
+    """The result document of each image of a chunk ([image_id, name] pairs), as soon as it is known.
 
-    def lap(stage: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        timings[stage] = (now - mark) * 1000
-        mark = now
+    On CPU one image at a time (measured: batch 1 is the fastest per image there); on a GPU the
+    task's images in one forward pass, where batching pays.
+    """
+    group = len(chunk) if classifier().device.type == "cuda" else 1
+    for start in range(0, len(chunk), group):
+        yield from classify_group(cfg, job_id, chunk[start:start + group])
 
-    model = classifier()
-    data = storage.get_image(cfg, storage.image_key(job_id, image_id))
-    lap("fetch")
-    try:
-        image = images.decode(data, cfg.max_image_pixels, draft_size=(2 * 256, 2 * 256))
-    except images.BadImage as exc:
-        return results.error(job_id, image_id, name, str(exc))
-    lap("decode")
-    prediction = model.classify([image])[0]
-    lap("forward")
-    return results.done(job_id, image_id, name, prediction, model.name, socket.gethostname(), timings)
+
+def classify_group(cfg: config.Settings, job_id: str, group: list[list[str]]) -> list[dict]:
+    """Fetch and decode each image, classify the decodable ones in one batch: a result for each
+    (an error result for bad input). Each result carries its own fetch and decode times and its
+    share of the batch's forward pass."""
+    model, decoded, documents = classifier(), {}, {}
+    timings: dict[str, dict[str, float]] = {}
+    for image_id, name in group:
+        started = time.perf_counter()
+        data = storage.get_image(cfg, storage.image_key(job_id, image_id))
+        fetched = time.perf_counter()
+        try:
+            decoded[image_id] = images.decode(data, cfg.max_image_pixels, draft_size=images.WORKER_DRAFT_SIZE)
+        except images.BadImage as exc:
+            documents[image_id] = results.error(job_id, image_id, name, str(exc))
+            continue
+        timings[image_id] = {"fetch": (fetched - started) * 1000, "decode": (time.perf_counter() - fetched) * 1000}
+    if decoded:
+        started = time.perf_counter()
+        predictions = model.classify(list(decoded.values()))
+        share = (time.perf_counter() - started) * 1000 / len(decoded)
+        names = dict(group)
+        for image_id, prediction in zip(decoded, predictions):
+            documents[image_id] = results.done(job_id, image_id, names[image_id], prediction, model.name,
+                                               socket.gethostname(), {**timings[image_id], "forward": share})
+    return [documents[image_id] for image_id, _ in group]
 
 
 class IdleShutdown(bootsteps.StartStopStep):
@@ -115,14 +131,22 @@ class IdleShutdown(bootsteps.StartStopStep):
             self.timer_ref.cancel()
 
 
-def _preload_model(**_) -> None:
-    classifier()
+def _warm_up(**_) -> None:
+    """Make the process ready before it takes its first task: load the model and run it once (the
+    first forward pass costs several later ones), and build the S3 client (botocore parses its
+    service model then). Measured: a worker's first task cost 150-190 ms of CPU per image without
+    this, 35-50 ms with it."""
+    from PIL import Image
+
+    cfg = config.load()
+    classifier().classify([Image.new("RGB", (256, 256))])
+    storage.warm_up(cfg)
 
 
 def run(register_in: str | None = None) -> int:
     """Run a classification worker until it is stopped or goes idle; then maybe power off."""
     cfg = config.load()
-    signals.worker_process_init.connect(_preload_model, weak=False)
+    signals.worker_process_init.connect(_warm_up, weak=False)
     if register_in:
         # Local workers register as files: `<pid>` while starting, plus `<pid>.ready` once
         # consuming (see daas.providers.LocalProvider, which counts them).

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from daas import aws
+from daas import aws, results, storage
 from tests.conftest import skimage_photo
 from tests.test_images import png_header_only
 
@@ -147,12 +147,33 @@ def test_a_poison_message_ends_as_an_error_not_an_endless_retry(no_workers):
     cfg = no_workers.settings
     sqs, url = aws.client("sqs", cfg), aws.queue_url(cfg, cfg.queue)
     sqs.purge_queue(QueueUrl=url)
-    job = no_workers.submit([("poison.jpg", jpeg())]).json()
+    job = no_workers.submit([("labelled.jpg", jpeg()), ("poison.jpg", jpeg())]).json()
+    labelled, poison = job["images"]
+    # The worker labelled the chunk's first image before it died on the second.
+    storage.put_result(cfg, results.error(job["job_id"], labelled["id"], labelled["name"], "kept"))
     for _ in range(cfg.max_receives):  # each delivery "dies": never deleted, visible again at once
         got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, VisibilityTimeout=0)
         assert got.get("Messages"), "the message should be redelivered until it is dead-lettered"
     assert not sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages")
     assert tasks.reap(cfg) == 1
     done = no_workers.wait_job(job["job_id"], timeout=10)
-    assert done["images"][0]["status"] == "error"
-    assert f"{cfg.max_receives} times" in done["images"][0]["error"]
+    assert done["images"][0]["error"] == "kept"
+    assert done["images"][1]["status"] == "error"
+    assert f"{cfg.max_receives} times" in done["images"][1]["error"]
+
+
+def test_a_batched_forward_pass_labels_each_image_and_reports_bad_ones(no_workers):
+    """The GPU path (one forward pass for a task's images) run on CPU: same labels, per-image errors."""
+    from daas import worker
+
+    cfg = no_workers.settings
+    photos = [("coffee.png", skimage_photo("coffee.png")), ("cut.jpg", jpeg((400, 400))[:1500]),
+              ("camera.png", skimage_photo("camera.png"))]
+    group = [[f"img{i}", name] for i, (name, _) in enumerate(photos)]
+    for (image_id, name), (_, data) in zip(group, photos):
+        storage.put_image(cfg, storage.image_key("batchjob", image_id), data, name)
+    documents = worker.classify_group(cfg, "batchjob", group)
+    assert [d["id"] for d in documents] == ["img0", "img1", "img2"]
+    assert [d["label"] for d in documents] == ["espresso", None, "tripod"]
+    assert "truncated" in documents[1]["error"]
+    assert set(documents[0]["timings_ms"]) == {"fetch", "decode", "forward"}

@@ -170,9 +170,9 @@ def test_scale_measures_the_queue_and_launches_ec2_workers_once(ec2_settings, mo
         monkeypatch.setenv(name, value)
     autoscale.provider.cache_clear()
     try:
-        assert autoscale.scale() == 3  # ceil(25 / 10)
-        assert sum(autoscale.measure(ec2_settings, provider)["workers"].values()) == 3
-        assert autoscale.scale() == 0  # the three just launched are capacity already
+        assert autoscale.scale() == 9  # ceil(25 / DAAS_SCALE_TARGET=3)
+        assert sum(autoscale.measure(ec2_settings, provider)["workers"].values()) == 9
+        assert autoscale.scale() == 0  # the nine just launched are capacity already
     finally:
         autoscale.provider.cache_clear()
-    assert len(_instances(ec2_settings)) == 3
+    assert len(_instances(ec2_settings)) == 9

@@ -63,8 +63,10 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
             tasks = requests.get(f"{flower}/api/tasks", auth=("admin", "s3cret"), timeout=10).json().values()
             return [t for t in tasks if t["name"] == "daas.classify" and t["state"] == "SUCCESS"]
 
-        wait_for(lambda: len(succeeded()) >= 30, 30, "Flower to list the 30 tasks")
+        # One task per chunk of at most DAAS_IMAGES_PER_TASK images, each returning its image count.
+        wait_for(lambda: sum(int(t["result"]) for t in succeeded()) >= 30, 30, "Flower to list the 30 images' tasks")
         assert all("-worker-" in t["worker"] for t in succeeded())
+        assert sum(requests.get(f"{web}/api/status", timeout=10).json()["images_per_minute"]) == 30
 
         # Workers were started for the backlog, and power off once idle.
         timeline = subprocess.run([sys.executable, "-m", "daas", "timeline", "--plot", str(tmp_path / "s.png")],

@@ -167,7 +167,7 @@ EVENTS = {"sqs:CreateQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "sqs:G
 # The exact actions of each policy: granting one more has to be a deliberate change here too.
 ACTIONS = {
     "worker-trust-policy.json": {"sts:AssumeRole"},
-    "worker-policy.json": {"s3:GetObject", "s3:PutObject", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+    "worker-policy.json": {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "sqs:ReceiveMessage", "sqs:DeleteMessage",
                            "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl", "sqs:GetQueueAttributes",
                            "sqs:SendMessage", "sqs:ListQueues", *EVENTS},
     "controller-policy.json": {"ec2:RunInstances", "ec2:CreateTags", "ec2:DescribeInstances", "iam:PassRole",
@@ -207,10 +207,11 @@ def _without_events(grants: set[tuple[str, str]]) -> set[tuple[str, str]]:
     return {(action, resource) for action, resource in grants if resource not in EVENT_RESOURCES}
 
 
-def test_worker_reads_only_inputs_writes_only_results_and_consumes_only_the_classify_queue():
+def test_worker_reads_inputs_and_results_writes_only_results_and_consumes_only_the_classify_queue():
     classify = "arn:aws:sqs:${Region}:${Account}:daas-classify"
     assert _without_events(_grants("worker-policy.json")) == {
         ("s3:GetObject", "arn:aws:s3:::daas-input/*"), ("s3:PutObject", "arn:aws:s3:::daas-output/*"),
+        ("s3:GetObject", "arn:aws:s3:::daas-output/*"), ("s3:ListBucket", "arn:aws:s3:::daas-output"),
         ("sqs:ListQueues", "*"),
         *{(action, classify) for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                                             "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage")}}
