@@ -181,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (see README)")
     bench.add_argument("which", nargs="?", default="all", choices=["all", "scaling"])
     bench.add_argument("--out", default="bench-results", help="folder for JSON and plots")
-    bench.add_argument("--images", type=int, default=60, help="images in the throughput runs")
+    bench.add_argument("--images", type=int, default=120, help="images in the throughput runs")
     bench.set_defaults(func=cmd_bench)
     return root
 

@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from daas import bench
 
 
@@ -22,6 +24,9 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
                     modes["service"]["latency_ms"]):
         assert 0 < latency["p50"] <= latency["p95"]
     assert set(modes["service"]["stages_mean_ms"]) == {"fetch", "decode", "forward"}
+    service = modes["service"]
+    assert service["end_to_end_images_per_s"] == pytest.approx(service["images"] / service["seconds"], rel=0.01)
+    assert 0 < service["first_label_s"] < service["seconds"]
     assert len(modes["single"]["latencies_ms"]) == modes["single"]["images"] == 4
     assert modes["cold"]["seconds"] > 0 and modes["cold"]["peak_workers"] >= 1
     # The model's labels are the same without and with the service around it.
@@ -54,3 +59,10 @@ def test_on_cores_pins_the_processes_started_inside():
                                capture_output=True, text=True, check=True)
     assert child.stdout.strip() == str([cores[-1]])
     assert sorted(os.sched_getaffinity(0)) == cores  # this thread has its cores back
+
+
+def test_steady_rate_counts_from_the_first_label():
+    run = bench.Run(started=0.0, first_label=1.0, finished=3.0, latencies=[1.0, 2.0, 3.0],
+                    results=[{}, {}, {}])
+    assert run.images_per_s == 1.0 and run.steady_images_per_s == 1.0  # 2 more labels in 2 s
+    assert bench.Run(0.0, 2.0, 2.0, [2.0], [{}]).steady_images_per_s == 0.5  # one label: end to end
