@@ -18,6 +18,9 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     for mode in (modes["raw"], modes["service"], modes["baseline"], modes["cold"], *modes["colocated"].values()):
         assert mode["images_per_s"] > 0, mode
     assert modes["raw"]["processes"] == modes["service"]["workers"] == modes["colocated"]["service"]["workers"] == 1
+    for mode in (modes["raw"], modes["service"], *modes["colocated"].values()):  # the median of the runs
+        assert len(mode["images_per_s_runs"]) == bench.ROUNDS
+        assert mode["images_per_s"] == sorted(mode["images_per_s_runs"])[bench.ROUNDS // 2]
     front, workers = written["settings"]["front_cores"], written["settings"]["worker_cores"]
     assert workers and front and (set(front).isdisjoint(workers) or front == workers)
     for latency in (modes["raw"]["single"]["latency_ms"], modes["single"]["latency_ms"],
