@@ -135,12 +135,11 @@ def status(settings: Settings, job_id: str) -> dict | None:
     """The job with each image's state; None for an unknown job id."""
     if not re.fullmatch(r"[0-9a-f]{32}", job_id):
         return None
-    manifest = _cache.get_many([storage.manifest_key(job_id)]).get(storage.manifest_key(job_id))
+    key = storage.manifest_key(job_id)
+    manifest = _cache.get_many([key]).get(key) or storage.get_manifest(settings, job_id)
     if manifest is None:
-        manifest = storage.get_manifest(settings, job_id)
-        if manifest is None:
-            return None
-        _cache.put_many({storage.manifest_key(job_id): manifest})
+        return None
+    _cache.put_many({key: manifest})
     finished = storage.finished_keys(settings, job_id)
     known = _cache.get_many(list(finished))
     fetched = storage.get_results(settings, sorted(finished - known.keys()))
