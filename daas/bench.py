@@ -58,7 +58,7 @@ BATCH = 10                       # images per POST /api/jobs
 POLL_S = 0.5                     # how often the client polls each unfinished job, as the web page does
 ELASTIC_IDLE_S = 5.0             # idle timeout of autoscaled workers
 # Solo workers per worker core in raw and service. Measured on 2 cores (1 worker core), service/raw:
-# 3 per core 0.85 (one run), 4 0.81-0.88 and 6 0.81 (medians of 3); before chunked tasks 2 0.64, 4 0.77.
+# 2 per core 0.79, 3 0.87, 4 0.81-0.88, 6 0.81 (medians of 3); before chunked tasks 2 0.64, 4 0.77.
 WORKERS_PER_CORE = 4
 # Raw and service alternate, ROUNDS runs each, and each reports its median run: on this shared VM
 # the same raw run measured 24 to 31 images/s within the hour, enough to swing one-off ratios by 0.1.
