@@ -44,8 +44,10 @@ def images_per_minute(minutes: int = 5) -> list[int] | None:
     now, counts = time.time(), [0] * minutes
     for task in tasks:
         age = now - (task.get("succeeded") or 0)
-        if 0 <= age < minutes * 60:  # a task classifies a chunk of images and returns their number
-            counts[minutes - 1 - int(age // 60)] += int(task.get("result") or 0)
+        if 0 <= age < minutes * 60:
+            # A task classifies a chunk and returns its image count; tasks of older workers, one image.
+            result = str(task.get("result") or "")
+            counts[minutes - 1 - int(age // 60)] += int(result) if result.isdigit() else 1
     return counts
 
 
