@@ -59,26 +59,25 @@ def classify_group(cfg: config.Settings, job_id: str, group: list[list[str]]) ->
     """Fetch and decode each image, classify the decodable ones in one batch: a result for each
     (an error result for bad input). Each result carries its own fetch and decode times and its
     share of the batch's forward pass."""
-    model, decoded, documents = classifier(), {}, {}
-    timings: dict[str, dict[str, float]] = {}
+    model, documents, decoded = classifier(), {}, []  # decoded: (image_id, name, image, timings)
     for image_id, name in group:
         started = time.perf_counter()
         data = storage.get_image(cfg, storage.image_key(job_id, image_id))
         fetched = time.perf_counter()
         try:
-            decoded[image_id] = images.decode(data, cfg.max_image_pixels, draft_size=images.WORKER_DRAFT_SIZE)
+            image = images.decode(data, cfg.max_image_pixels, draft_size=images.WORKER_DRAFT_SIZE)
         except images.BadImage as exc:
             documents[image_id] = results.error(job_id, image_id, name, str(exc))
             continue
-        timings[image_id] = {"fetch": (fetched - started) * 1000, "decode": (time.perf_counter() - fetched) * 1000}
+        timings = {"fetch": (fetched - started) * 1000, "decode": (time.perf_counter() - fetched) * 1000}
+        decoded.append((image_id, name, image, timings))
     if decoded:
         started = time.perf_counter()
-        predictions = model.classify(list(decoded.values()))
+        predictions = model.classify([image for _, _, image, _ in decoded])
         share = (time.perf_counter() - started) * 1000 / len(decoded)
-        names = dict(group)
-        for image_id, prediction in zip(decoded, predictions):
-            documents[image_id] = results.done(job_id, image_id, names[image_id], prediction, model.name,
-                                               socket.gethostname(), {**timings[image_id], "forward": share})
+        for (image_id, name, _, timings), prediction in zip(decoded, predictions):
+            documents[image_id] = results.done(job_id, image_id, name, prediction, model.name,
+                                               socket.gethostname(), {**timings, "forward": share})
     return [documents[image_id] for image_id, _ in group]
 
 
