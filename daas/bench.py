@@ -348,11 +348,9 @@ _max_pixels = 0
 def _raw_init(settings: config.Settings, data: list[bytes], barrier) -> None:
     """Pool initializer: load the model like a worker does, warm it up, wait for the others."""
     global _model, _images, _max_pixels
-    import torch
+    from daas.model import Classifier, configure_process
 
-    from daas.model import Classifier
-
-    torch.set_num_threads(settings.torch_threads)
+    configure_process(settings.torch_threads)
     _model, _images, _max_pixels = Classifier(settings.model, settings.model_weights, settings.device), data, settings.max_image_pixels
     for i in range(min(3, len(data))):  # the first forward passes are slow
         _raw_classify(i)

@@ -32,12 +32,10 @@ def classifier():
     """The process's model, loaded on first use (normally at process start, see _warm_up)."""
     global _classifier
     if _classifier is None:
-        import torch
-
-        from daas.model import Classifier
+        from daas.model import Classifier, configure_process
 
         cfg = config.load()
-        torch.set_num_threads(cfg.torch_threads)
+        configure_process(cfg.torch_threads)
         started = time.perf_counter()
         _classifier = Classifier(cfg.model, cfg.model_weights, cfg.device)
         log.info("loaded %s on %s in %.2f s", cfg.model, _classifier.device, time.perf_counter() - started)
