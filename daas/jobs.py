@@ -70,8 +70,9 @@ def submit(settings: Settings, uploads: list[Upload]) -> dict:
 
     images = [image for image, _ in accepted] + [image for image, _ in rejected]
     writes = [lambda: storage.put_manifest(settings, {"job_id": job_id, "created": time.time(), "images": images})]
-    writes += [lambda i=image, e=exc: storage.put_result(settings, results.error(job_id, i["id"], i["name"], str(e)))
-               for image, exc in rejected]
+    if rejected:
+        writes.append(lambda: storage.put_results(
+            settings, job_id, [results.error(job_id, i["id"], i["name"], str(e)) for i, e in rejected]))
     writes += [lambda i=image, d=data: storage.put_image(settings, storage.image_key(job_id, i["id"]), d, i["name"])
                for image, data in accepted]
     for future in [_uploads.submit(write) for write in writes]:  # in parallel; re-raises any failure
@@ -85,9 +86,9 @@ def submit(settings: Settings, uploads: list[Upload]) -> dict:
 def chunks(items: list, most: int) -> list[list]:
     """`items` in as few consecutive chunks of at most `most` as possible, of near-equal sizes.
 
-    One task per chunk: each queue message (send, receive, delete, task events) then serves
-    several images, which cuts the per-image cost of the queue and of the endpoint behind it
-    (see README, Performance). Results are still written image by image, so progress shows.
+    One task per chunk: each queue message (send, receive, delete, task events) and each result
+    object then serves several images, which cuts the per-image cost of the worker, of the queue
+    and of the endpoint behind it (see README, Performance).
     """
     count = math.ceil(len(items) / max(most, 1))
     size, extra = divmod(len(items), count) if count else (0, 0)
@@ -112,16 +113,16 @@ def nudge_autoscaler(settings: Settings) -> None:
 
 
 class _ResultCache:
-    """Manifests and finished results never change, so each web process keeps the recent ones."""
+    """Manifests and result lists never change, so each web process keeps the recent ones."""
 
-    def __init__(self, size: int = 20_000):
+    def __init__(self, size: int = 10_000):
         self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
 
-    def get_many(self, keys: list[str]) -> dict[str, dict]:
+    def get_many(self, keys: list[str]) -> dict:
         with self.lock:
             return {key: self.items[key] for key in keys if key in self.items}
 
-    def put_many(self, found: dict[str, dict]) -> None:
+    def put_many(self, found: dict) -> None:
         with self.lock:
             self.items.update(found)
             while len(self.items) > self.size:
@@ -142,11 +143,10 @@ def status(settings: Settings, job_id: str) -> dict | None:
     _cache.put_many({key: manifest})
     finished = storage.finished_keys(settings, job_id)
     known = _cache.get_many(list(finished))
-    fetched = storage.get_results(settings, sorted(finished - known.keys()))
-    _cache.put_many({storage.image_key(job_id, r["id"]): r for r in fetched})
-    by_key = {**known, **{storage.image_key(job_id, r["id"]): r for r in fetched}}
-    images = [by_key.get(storage.image_key(job_id, image["id"])) or results.queued(image["id"], image["name"])
-              for image in manifest["images"]]
+    fetched = storage.get_many_results(settings, sorted(finished - known.keys()))
+    _cache.put_many(fetched)
+    by_id = {result["id"]: result for chunk in (*known.values(), *fetched.values()) for result in chunk}
+    images = [by_id.get(image["id"]) or results.queued(image["id"], image["name"]) for image in manifest["images"]]
     done = sum(image["status"] != "queued" for image in images)
     state = "done" if done == len(images) else ("running" if done else "queued")
     return {"job_id": job_id, "status": state, "finished": done, "total": len(images), "images": images}
@@ -156,6 +156,5 @@ def classify_one(settings: Settings, upload: Upload) -> tuple[dict, dict | None]
     """Submit one image and wait for its result (None on timeout): the synchronous contract."""
     job = submit(settings, [upload])
     image = job["images"][0]
-    result = storage.wait_for_result(settings, storage.image_key(job["job_id"], image["id"]),
-                                     settings.result_timeout)
+    result = storage.wait_for_result(settings, job["job_id"], image["id"], settings.result_timeout)
     return job, result

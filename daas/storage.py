@@ -1,8 +1,12 @@
-"""The two buckets: uploaded images in the input bucket, one JSON result per image in the output bucket.
+"""The two buckets: uploaded images in the input bucket, their results in the output bucket.
 
-Keys are generated ids, never user file names: `<job_id>/<image_id>` in both buckets, and the
-job's manifest (its image ids and file names) at `jobs/<job_id>.json` in the output bucket.
-The output bucket is the service's result store; Celery's own result backend is not used.
+Keys are generated ids, never user file names. The input bucket holds each image at
+`<job_id>/<image_id>`. The output bucket holds the results of each task (a chunk of a job's images)
+as one JSON list of result documents at `<job_id>/<first image_id of the chunk>`, so a single
+image's result is at its own image key; and the job's manifest (its image ids and file names) at
+`jobs/<job_id>.json`. One object per task, not per image: an S3 PUT cost a worker about 2 ms of CPU,
+6% of an image's time (see README, Performance). The output bucket is the service's result store;
+Celery's own result backend is not used.
 """
 from __future__ import annotations
 
@@ -38,12 +42,12 @@ def get_image(settings: Settings, key: str) -> bytes:
     return client("s3", settings).get_object(Bucket=settings.input_bucket, Key=key)["Body"].read()
 
 
-def _put_json(settings: Settings, key: str, document: dict) -> None:
+def _put_json(settings: Settings, key: str, document: dict | list) -> None:
     client("s3", settings).put_object(Bucket=settings.output_bucket, Key=key,
                                       Body=json.dumps(document).encode(), ContentType="application/json")
 
 
-def _get_json(settings: Settings, key: str) -> dict | None:
+def _get_json(settings: Settings, key: str) -> dict | list | None:
     s3 = client("s3", settings)
     try:
         return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=key)["Body"].read())
@@ -51,11 +55,18 @@ def _get_json(settings: Settings, key: str) -> dict | None:
         return None
 
 
-def put_result(settings: Settings, result: dict) -> None:
-    _put_json(settings, image_key(result["job_id"], result["id"]), result)
+def results_key(job_id: str, image_ids: list[str]) -> str:
+    """Where the results of these images (a task's chunk, in order) are stored."""
+    return image_key(job_id, image_ids[0])
 
 
-def get_result(settings: Settings, key: str) -> dict | None:
+def put_results(settings: Settings, job_id: str, results: list[dict]) -> None:
+    """Store the results of a chunk's images in one object (written once: a chunk has all its
+    results or none)."""
+    _put_json(settings, results_key(job_id, [result["id"] for result in results]), results)
+
+
+def get_results(settings: Settings, key: str) -> list[dict] | None:
     return _get_json(settings, key)
 
 
@@ -68,19 +79,22 @@ def get_manifest(settings: Settings, job_id: str) -> dict | None:
 
 
 def finished_keys(settings: Settings, job_id: str) -> set[str]:
-    """Keys of the results written so far for a job (one listing call per 1000 images)."""
+    """Keys of the result lists written so far for a job (one listing call per 1000 tasks)."""
     paginator = client("s3", settings).get_paginator("list_objects_v2")
     return {obj["Key"] for page in paginator.paginate(Bucket=settings.output_bucket, Prefix=f"{job_id}/")
             for obj in page.get("Contents", [])}
 
 
-def get_results(settings: Settings, keys: list[str]) -> list[dict]:
+def get_many_results(settings: Settings, keys: list[str]) -> dict[str, list[dict]]:
+    """The result lists at `keys`, fetched in parallel."""
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return [r for r in pool.map(lambda key: get_result(settings, key), keys) if r is not None]
+        found = zip(keys, pool.map(lambda key: get_results(settings, key), keys))
+        return {key: results for key, results in found if results is not None}
 
 
-def wait_for_result(settings: Settings, key: str, timeout: float) -> dict | None:
-    """Poll the output bucket until the result appears; None after `timeout` seconds.
+def wait_for_result(settings: Settings, job_id: str, image_id: str, timeout: float) -> dict | None:
+    """Poll the output bucket until the result of an image sent alone (a chunk of one) appears;
+    None after `timeout` seconds.
 
     Every 10 ms for the first half second (a warm worker answers in tens of milliseconds), then
     backing off to 200 ms, so that a long wait costs at most 5 GET requests a second.
@@ -88,9 +102,9 @@ def wait_for_result(settings: Settings, key: str, timeout: float) -> dict | None
     started = time.monotonic()
     deadline, delay = started + timeout, 0.01
     while True:
-        result = get_result(settings, key)
-        if result is not None or time.monotonic() >= deadline:
-            return result
+        results = get_results(settings, image_key(job_id, image_id))
+        if results is not None or time.monotonic() >= deadline:
+            return results[0] if results else None
         time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
         if time.monotonic() - started > 0.5:
             delay = min(delay * 1.5, 0.2)

@@ -40,23 +40,23 @@ class ClassifyTask(Task):
 
 @app.task(base=ClassifyTask, name="daas.classify")
 def classify(job_id: str, chunk: list[list[str]]) -> int:
-    """Classify a chunk of a job's images ([image_id, name] pairs, see daas.jobs.chunks), writing
-    each result as soon as it is known. Returns how many images it classified (Flower shows it)."""
+    """Classify a chunk of a job's images ([image_id, name] pairs, see daas.jobs.chunks) and store
+    their results in one object. Returns how many images it classified (Flower shows it)."""
     from daas.worker import classify_chunk  # torch is imported by workers only
 
-    for result in classify_chunk(settings(), job_id, chunk):
-        storage.put_result(settings(), result)
+    storage.put_results(settings(), job_id, classify_chunk(settings(), job_id, chunk))
     return len(chunk)
 
 
 def record_failure(cfg: config.Settings, job_id: str, chunk: list[list[str]], message: str) -> int:
-    """An error result for each image of a failed task that has no result yet: images finished
-    before the failure keep their labels. Returns how many it wrote."""
-    missing = [(image_id, name) for image_id, name in chunk
-               if storage.get_result(cfg, storage.image_key(job_id, image_id)) is None]
-    for image_id, name in missing:
-        storage.put_result(cfg, results.error(job_id, image_id, name, message))
-    return len(missing)
+    """Error results for the images of a failed task, unless its results were stored before the
+    failure (a worker that died between storing them and acknowledging the message). Returns how
+    many images it gave up on."""
+    image_ids = [image_id for image_id, _ in chunk]
+    if storage.get_results(cfg, storage.results_key(job_id, image_ids)) is not None:
+        return 0
+    storage.put_results(cfg, job_id, [results.error(job_id, image_id, name, message) for image_id, name in chunk])
+    return len(chunk)
 
 
 def decode_task_message(body: str) -> tuple[str, list]:

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
 from celery import bootsteps, signals
 from celery.worker import state as worker_state
@@ -42,15 +41,15 @@ def classifier():
     return _classifier
 
 
-def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]]) -> Iterator[dict]:
-    """The result document of each image of a chunk ([image_id, name] pairs), as soon as it is known.
+def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]]) -> list[dict]:
+    """The result document of each image of a chunk ([image_id, name] pairs), in order.
 
     On CPU one image at a time (measured: batch 1 is the fastest per image there); on a GPU the
     task's images in one forward pass, where batching pays.
     """
     group = len(chunk) if classifier().device.type == "cuda" else 1
-    for start in range(0, len(chunk), group):
-        yield from classify_group(cfg, job_id, chunk[start:start + group])
+    return [result for start in range(0, len(chunk), group)
+            for result in classify_group(cfg, job_id, chunk[start:start + group])]
 
 
 def classify_group(cfg: config.Settings, job_id: str, group: list[list[str]]) -> list[dict]:

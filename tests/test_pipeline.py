@@ -40,16 +40,19 @@ def test_real_photos_are_labelled_and_stored_in_both_buckets(service):
         assert len(image["top5"]) == 5 and image["top5"][0][0] == image["label"]
         assert set(image["timings_ms"]) == {"fetch", "decode", "forward"}
 
-    # One object per image in each bucket, keyed by the same generated id, never the file name.
+    # One object per image in the input bucket, keyed by a generated id, never the file name; the
+    # three images went as one task, whose results are one list under the first image's key.
     cfg = service.settings
     inputs = objects(service, cfg.input_bucket, job["job_id"] + "/")
     outputs = objects(service, cfg.output_bucket, job["job_id"] + "/")
-    expected_keys = {f"{job['job_id']}/{image['id']}" for image in job["images"]}
-    assert set(inputs) == set(outputs) == expected_keys
+    assert set(inputs) == {f"{job['job_id']}/{image['id']}" for image in job["images"]}
+    assert set(outputs) == {f"{job['job_id']}/{job['images'][0]['id']}"}
     by_name = {image["name"]: image for image in job["images"]}
     assert inputs[f"{job['job_id']}/{by_name['coffee.png']['id']}"] == skimage_photo("coffee.png")
-    stored = json.loads(outputs[f"{job['job_id']}/{by_name['coffee.png']['id']}"])
-    assert stored["label"] == "espresso" and stored["model"] == "efficientnet_lite0"
+    stored = json.loads(outputs[f"{job['job_id']}/{job['images'][0]['id']}"])
+    assert [result["id"] for result in stored] == [image["id"] for image in job["images"]]
+    coffee = stored[list(PHOTOS).index("coffee.png")]
+    assert coffee["label"] == "espresso" and coffee["model"] == "efficientnet_lite0"
 
 
 def test_synchronous_classify_contract(service):
@@ -141,25 +144,27 @@ def test_without_workers_a_job_stays_queued_and_classify_times_out_with_504(no_w
 
 def test_a_poison_message_ends_as_an_error_not_an_endless_retry(no_workers):
     """A message whose worker dies on every delivery is dead-lettered by SQS after max_receives
-    deliveries; the controller's reaper turns it into an error result for the job."""
+    deliveries; the controller's reaper turns it into error results for the job, except where the
+    chunk's results were stored before the worker died."""
     from daas import tasks
 
     cfg = no_workers.settings
     sqs, url = aws.client("sqs", cfg), aws.queue_url(cfg, cfg.queue)
     sqs.purge_queue(QueueUrl=url)
-    job = no_workers.submit([("labelled.jpg", jpeg()), ("poison.jpg", jpeg())]).json()
-    labelled, poison = job["images"]
-    # The worker labelled the chunk's first image before it died on the second.
-    storage.put_result(cfg, results.error(job["job_id"], labelled["id"], labelled["name"], "kept"))
+    poison = no_workers.submit([("poison.jpg", jpeg()), ("sent-with-it.jpg", jpeg())]).json()
+    stored = no_workers.submit([("labelled.jpg", jpeg())]).json()
+    # This worker stored the chunk's results, then died before deleting the message.
+    labelled = stored["images"][0]
+    storage.put_results(cfg, stored["job_id"], [results.error(stored["job_id"], labelled["id"], labelled["name"], "kept")])
     for _ in range(cfg.max_receives):  # each delivery "dies": never deleted, visible again at once
-        got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, VisibilityTimeout=0)
-        assert got.get("Messages"), "the message should be redelivered until it is dead-lettered"
+        got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, VisibilityTimeout=0, MaxNumberOfMessages=10)
+        assert len(got.get("Messages", [])) == 2, "the messages should be redelivered until they are dead-lettered"
     assert not sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages")
-    assert tasks.reap(cfg) == 1
-    done = no_workers.wait_job(job["job_id"], timeout=10)
-    assert done["images"][0]["error"] == "kept"
-    assert done["images"][1]["status"] == "error"
-    assert f"{cfg.max_receives} times" in done["images"][1]["error"]
+    assert tasks.reap(cfg) == 2
+    assert no_workers.wait_job(stored["job_id"], timeout=10)["images"][0]["error"] == "kept"
+    done = no_workers.wait_job(poison["job_id"], timeout=10)
+    assert [image["status"] for image in done["images"]] == ["error", "error"]
+    assert all(f"{cfg.max_receives} times" in image["error"] for image in done["images"])
 
 
 def test_a_batched_forward_pass_labels_each_image_and_reports_bad_ones(no_workers):
