@@ -43,7 +43,7 @@ class Settings:
     visibility_timeout: int = 300
     max_receives: int = 3
     # Workers
-    images_per_task: int = 4  # images per queue message (see daas.jobs.chunks)
+    images_per_task: int = 10  # images per queue message (see daas.jobs.chunks)
     worker_concurrency: int = 1
     torch_threads: int = 1
     prefetch_multiplier: int = 1
@@ -55,7 +55,7 @@ class Settings:
     scale_interval: float = 5.0
     scale_min: int = 0
     scale_max: int = 0       # default: the core count locally, 20 on EC2
-    scale_target: int = 3    # tasks (each up to images_per_task images) per worker
+    scale_target: int = 1    # tasks (each up to images_per_task images) per worker
     # EC2 provider
     ec2_launch_template: str = ""
     ec2_ami: str = ""

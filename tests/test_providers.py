@@ -33,7 +33,7 @@ def network(local_aws) -> dict[str, str]:
 @pytest.fixture
 def ec2_settings(local_aws, tmp_path, network) -> config.Settings:
     """A fresh stack (own buckets, queues and tag) with the EC2 provider."""
-    return make_settings(local_aws, tmp_path, provider="ec2", **network)
+    return make_settings(local_aws, tmp_path, provider="ec2", scale_target=3, **network)
 
 
 def _instances(settings: config.Settings) -> list[dict]:
