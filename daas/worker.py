@@ -41,33 +41,42 @@ def classifier():
     return _classifier
 
 
-def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]]) -> list[dict]:
+def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]], batch: int = 0) -> list[dict]:
     """The result document of each image of a chunk ([image_id, name] pairs), in order.
 
-    On CPU one image at a time (measured: batch 1 is the fastest per image there); on a GPU the
-    task's images in one forward pass, where batching pays.
+    The chunk's images are fetched first, back to back, then decoded and classified `batch` at a
+    time: by default one at a time on CPU (measured: batch 1 is the fastest per image there), and
+    the whole chunk in one forward pass on a GPU, where batching pays. Back to back, an S3 GET cost
+    a worker 2.1 ms of CPU, against 2.4-2.5 ms between two forward passes (botocore's code stays in
+    the CPU's caches).
     """
-    group = len(chunk) if classifier().device.type == "cuda" else 1
-    return [result for start in range(0, len(chunk), group)
-            for result in classify_group(cfg, job_id, chunk[start:start + group])]
+    fetched = [fetch(cfg, job_id, image_id) for image_id, _ in chunk]
+    batch = batch or (len(chunk) if classifier().device.type == "cuda" else 1)
+    return [result for start in range(0, len(chunk), batch)
+            for result in classify_batch(cfg, job_id, chunk[start:start + batch], fetched[start:start + batch])]
 
 
-def classify_group(cfg: config.Settings, job_id: str, group: list[list[str]]) -> list[dict]:
-    """Fetch and decode each image, classify the decodable ones in one batch: a result for each
-    (an error result for bad input). Each result carries its own fetch and decode times and its
-    share of the batch's forward pass."""
+def fetch(cfg: config.Settings, job_id: str, image_id: str) -> tuple[bytes, float]:
+    """An uploaded image's bytes, and the milliseconds it took to get them."""
+    started = time.perf_counter()
+    data = storage.get_image(cfg, storage.image_key(job_id, image_id))
+    return data, (time.perf_counter() - started) * 1000
+
+
+def classify_batch(cfg: config.Settings, job_id: str, batch: list[list[str]],
+                   fetched: list[tuple[bytes, float]]) -> list[dict]:
+    """Decode each fetched image and classify the decodable ones in one forward pass: a result for
+    each (an error result for bad input). Each result carries its own fetch and decode times and
+    its share of the forward pass."""
     model, documents, decoded = classifier(), {}, []  # decoded: (image_id, name, image, timings)
-    for image_id, name in group:
+    for (image_id, name), (data, fetch_ms) in zip(batch, fetched):
         started = time.perf_counter()
-        data = storage.get_image(cfg, storage.image_key(job_id, image_id))
-        fetched = time.perf_counter()
         try:
             image = images.decode(data, cfg.max_image_pixels, draft_size=images.WORKER_DRAFT_SIZE)
         except images.BadImage as exc:
             documents[image_id] = results.error(job_id, image_id, name, str(exc))
             continue
-        timings = {"fetch": (fetched - started) * 1000, "decode": (time.perf_counter() - fetched) * 1000}
-        decoded.append((image_id, name, image, timings))
+        decoded.append((image_id, name, image, {"fetch": fetch_ms, "decode": (time.perf_counter() - started) * 1000}))
     if decoded:
         started = time.perf_counter()
         predictions = model.classify([image for _, _, image, _ in decoded])
@@ -75,7 +84,7 @@ def classify_group(cfg: config.Settings, job_id: str, group: list[list[str]]) ->
         for (image_id, name, _, timings), prediction in zip(decoded, predictions):
             documents[image_id] = results.done(job_id, image_id, name, prediction, model.name,
                                                socket.gethostname(), {**timings, "forward": share})
-    return [documents[image_id] for image_id, _ in group]
+    return [documents[image_id] for image_id, _ in batch]
 
 
 class IdleShutdown(bootsteps.StartStopStep):

@@ -177,7 +177,7 @@ def test_a_batched_forward_pass_labels_each_image_and_reports_bad_ones(no_worker
     group = [[f"img{i}", name] for i, (name, _) in enumerate(photos)]
     for (image_id, name), (_, data) in zip(group, photos):
         storage.put_image(cfg, storage.image_key("batchjob", image_id), data, name)
-    documents = worker.classify_group(cfg, "batchjob", group)
+    documents = worker.classify_chunk(cfg, "batchjob", group, batch=3)
     assert [d["id"] for d in documents] == ["img0", "img1", "img2"]
     assert [d["label"] for d in documents] == ["espresso", None, "tripod"]
     assert "truncated" in documents[1]["error"]
