@@ -57,12 +57,12 @@ File = tuple[str, bytes]  # (file name, encoded image)
 BATCH = 10                       # images per POST /api/jobs
 POLL_S = 0.5                     # how often the client polls each unfinished job, as the web page does
 ELASTIC_IDLE_S = 5.0             # idle timeout of autoscaled workers
-# Solo workers per worker core in raw and service. Measured on 2 cores (1 worker core), service/raw:
-# 2 per core 0.79, 3 0.87, 4 0.81-0.88, 6 0.81 (medians of 3); before chunked tasks 2 0.64, 4 0.77.
+# Solo workers per worker core in raw and service. Measured on 2 cores (1 worker core), service/raw
+# with chunks of 4: 2 per core 0.79, 3 0.87, 4 0.81-0.88, 6 0.81 (medians of 3).
 WORKERS_PER_CORE = 4
 # Raw and service alternate, ROUNDS runs each, and each reports its median run: on this shared VM
-# the same raw run measured 24 to 31 images/s within the hour, enough to swing one-off ratios by 0.1.
-ROUNDS = 3
+# single runs of the same code gave service/raw from 0.87 to 0.96 within the hour.
+ROUNDS = 5
 TARGETS = {  # name: (comparison, threshold, unit)
     "service / raw": (">=", 0.9, "×"),
     "service / baseline": (">=", 20.0, "×"),
