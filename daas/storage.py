@@ -55,15 +55,16 @@ def _get_json(settings: Settings, key: str) -> dict | list | None:
         return None
 
 
-def results_key(job_id: str, image_ids: list[str]) -> str:
-    """Where the results of these images (a task's chunk, in order) are stored."""
-    return image_key(job_id, image_ids[0])
+def results_key(job_id: str, first_image_id: str) -> str:
+    """Where the results of a chunk are stored: under its first image (an image sent alone is its
+    own chunk)."""
+    return image_key(job_id, first_image_id)
 
 
 def put_results(settings: Settings, job_id: str, results: list[dict]) -> None:
-    """Store the results of a chunk's images in one object (written once: a chunk has all its
-    results or none)."""
-    _put_json(settings, results_key(job_id, [result["id"] for result in results]), results)
+    """Store the results of a chunk's images, in order, in one object (written once: a chunk has
+    all its results or none)."""
+    _put_json(settings, results_key(job_id, results[0]["id"]), results)
 
 
 def get_results(settings: Settings, key: str) -> list[dict] | None:
@@ -102,7 +103,7 @@ def wait_for_result(settings: Settings, job_id: str, image_id: str, timeout: flo
     started = time.monotonic()
     deadline, delay = started + timeout, 0.01
     while True:
-        results = get_results(settings, image_key(job_id, image_id))
+        results = get_results(settings, results_key(job_id, image_id))
         if results is not None or time.monotonic() >= deadline:
             return results[0] if results else None
         time.sleep(min(delay, max(deadline - time.monotonic(), 0)))

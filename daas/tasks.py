@@ -52,8 +52,8 @@ def record_failure(cfg: config.Settings, job_id: str, chunk: list[list[str]], me
     """Error results for the images of a failed task, unless its results were stored before the
     failure (a worker that died between storing them and acknowledging the message). Returns how
     many images it gave up on."""
-    image_ids = [image_id for image_id, _ in chunk]
-    if storage.get_results(cfg, storage.results_key(job_id, image_ids)) is not None:
+    first_image_id = chunk[0][0]
+    if storage.get_results(cfg, storage.results_key(job_id, first_image_id)) is not None:
         return 0
     storage.put_results(cfg, job_id, [results.error(job_id, image_id, name, message) for image_id, name in chunk])
     return len(chunk)
