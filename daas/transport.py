@@ -10,22 +10,33 @@ whose bindings live in each process: Flower sees no workers and no tasks. This s
 - deletes without an event loop for synchronous consumers (the `inspect` CLI, Flower's thread);
 - emulates AMQP auto-delete: per-process queues (pidbox, event receivers) and their SNS
   subscriptions are removed when the process closes its channel or exits. What a killed process
-  leaves behind is swept by `daas.tasks.sweep_orphans`.
+  leaves behind is swept by `daas.tasks.housekeeping`.
 
-It also mends a stall in kombu's event loop (see `_fire_timers_without_stalling`).
+It also mends two stalls in kombu's event loop (`_fire_timers_without_stalling`,
+`_complete_each_request_alone`) and records when each queue was last polled (`seconds_since_poll`),
+which the watchdog of every consuming process reads.
 """
 from __future__ import annotations
 
 import atexit
 import logging
+import time
 import weakref
 
 from botocore.exceptions import ClientError
+from kombu.asynchronous.http.curl import CurlClient
 from kombu.asynchronous.hub import Hub
 from kombu.transport import SQS
 
 log = logging.getLogger(__name__)
 _channels: "weakref.WeakSet[Channel]" = weakref.WeakSet()
+_last_poll: dict[str, float] = {}  # queue name -> monotonic time its latest ReceiveMessage completed
+
+
+def seconds_since_poll(queue: str) -> float | None:
+    """Seconds since a ReceiveMessage on `queue` last completed in this process (None: never)."""
+    at = _last_poll.get(queue)
+    return None if at is None else time.monotonic() - at
 
 
 def is_reply_exchange(exchange: str) -> bool:
@@ -68,6 +79,10 @@ class Channel(SQS.Channel):
             wait_time_seconds = max(1, min(int(self._drain_timeout + 0.999),
                                            wait_time_seconds or self.wait_time_seconds))
         return super()._receive_message(queue, max_number_of_messages, wait_time_seconds)
+
+    def _on_messages_ready(self, queue, qname, messages):
+        _last_poll[qname] = time.monotonic()  # every completed long poll, empty ones too
+        return super()._on_messages_ready(queue, qname, messages)
 
     def _delete_message(self, queue_name, message):
         if self.hub is None:  # kombu deletes through the pycurl client, which needs an event loop
@@ -128,6 +143,27 @@ def _fire_timers_without_stalling(original):
 
 if not getattr(Hub.fire_timers, "fixes_ready_stall", False):
     Hub.fire_timers = _fire_timers_without_stalling(Hub.fire_timers)
+
+
+def _complete_each_request_alone(original):
+    """kombu's curl client completes the requests that finished together in one loop; when one
+    completion raises (a DeleteMessage answered 400 QueueDoesNotExist, say), the rest of that batch
+    is dropped, and with it, possibly, a consumer's next ReceiveMessage: that queue is never polled
+    again while the process looks alive. This is how the controller stopped consuming for good
+    (issue 11). Each completion now fails on its own, logged, and the others complete."""
+
+    def _process(self, curl, *args, **kwargs):
+        try:
+            return original(self, curl, *args, **kwargs)
+        except Exception:  # the request's own callback failed; the curl handle is already free
+            log.exception("an SQS request failed; the requests that completed with it go on")
+
+    _process.completes_alone = True
+    return _process
+
+
+if not getattr(CurlClient._process, "completes_alone", False):
+    CurlClient._process = _complete_each_request_alone(CurlClient._process)
 
 
 class Transport(SQS.Transport):

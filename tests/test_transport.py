@@ -1,7 +1,12 @@
-"""The kombu event-loop fix in daas/transport.py, on a real kombu Hub."""
-from kombu.asynchronous.hub import Hub
+"""The kombu event-loop fixes in daas/transport.py, on a real kombu Hub and curl client."""
+import logging
 
-import daas.transport  # noqa: F401  (applies the fix)
+from kombu.asynchronous.http import Request
+from kombu.asynchronous.http.curl import CurlClient
+from kombu.asynchronous.hub import Hub
+from vine import promise
+
+import daas.transport  # noqa: F401  (applies the fixes)
 
 
 def test_work_scheduled_by_a_timer_is_not_left_waiting_for_the_next_poll():
@@ -20,4 +25,27 @@ def test_an_idle_loop_still_sleeps_until_its_next_timer():
     hub = Hub()
     hub.call_later(5, lambda: None)
     assert hub.fire_timers() > 0
+    hub.close()
+
+
+def test_a_failing_completion_does_not_drop_the_requests_that_finished_with_it(local_aws, caplog):
+    """Two requests finish together; the first one's callback raises (as a DeleteMessage answered
+    400 does). The second, a consumer's next poll say, must still complete."""
+    hub = Hub()
+    client = CurlClient(hub)
+    completed = []
+
+    def fails(response):
+        raise RuntimeError("DeleteMessage answered 400 QueueDoesNotExist")
+
+    client.add_request(Request(f"{local_aws}/moto-api/", on_ready=promise(fails)))
+    client.add_request(Request(f"{local_aws}/moto-api/", on_ready=promise(completed.append)))
+    # Let curl finish both without reading their results, so that one batch holds both.
+    while client._multi.perform()[1]:
+        client._multi.select(1.0)
+    with caplog.at_level(logging.ERROR, logger="daas.transport"):
+        client._process_pending_requests()
+    assert [response.code for response in completed] == [200]
+    assert "the requests that completed with it go on" in caplog.text
+    client.close()
     hub.close()
