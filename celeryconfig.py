@@ -19,21 +19,28 @@ task_routes = {
     "daas.classify": {"queue": _settings.queue},
     "daas.scale": {"queue": _settings.control_queue},
     "daas.reap_dead_letters": {"queue": _settings.control_queue},
-    "daas.sweep_orphans": {"queue": _settings.control_queue},
+    "daas.housekeeping": {"queue": _settings.control_queue},
 }
-beat_schedule = {
+_reap_interval = max(_settings.scale_interval, 10.0)
+beat_schedule = {  # each tick expires when the next is due: a backlog of ticks is never worked off
     "scale": {"task": "daas.scale", "schedule": _settings.scale_interval,
               "options": {"expires": _settings.scale_interval}},
-    "sweep-orphans": {"task": "daas.sweep_orphans", "schedule": 60.0, "options": {"expires": 60.0}},
-    "reap-dead-letters": {"task": "daas.reap_dead_letters", "schedule": max(_settings.scale_interval, 10.0),
-                          "options": {"expires": max(_settings.scale_interval, 10.0)}},
+    "housekeeping": {"task": "daas.housekeeping", "schedule": _settings.sweep_interval,
+                     "options": {"expires": _settings.sweep_interval}},
+    "reap-dead-letters": {"task": "daas.reap_dead_letters", "schedule": _reap_interval,
+                          "options": {"expires": _reap_interval}},
 }
+beat_scheduler = "daas.autoscale:BeatScheduler"  # records each of its ticks (see daas.autoscale)
 
 # Delivery: a message is deleted only after its task finished, so a killed worker's image comes
-# back after the visibility timeout; the queue's redrive policy ends endless redelivery.
+# back after the visibility timeout (short: workers extend it while they work, daas.lifecycle);
+# the queue's redrive policy ends endless redelivery. A message that is not a task of ours is
+# rejected by our consumer (daas.consumer) instead of crashing the worker.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = _settings.prefetch_multiplier
+worker_consumer = "daas.consumer:Consumer"
+task_time_limit = _settings.task_time_limit  # enforced by prefork pools; solo workers: daas.watchdog
 
 # Results live in the output bucket (one JSON object per image), not in a Celery backend.
 task_ignore_result = True
@@ -49,4 +56,10 @@ worker_send_task_events = _settings.events
 task_send_sent_event = False
 event_exchange = _broker.event_exchange(_settings)
 event_queue_prefix = f"{_settings.stack}-celeryev"
-control_exchange = _settings.stack
+control_exchange = _broker.control_exchange(_settings)
+
+# Log lines carry the process id: several workers share one log locally (and the soak bench tells
+# which worker ran which task from it).
+worker_log_format = "[%(asctime)s: %(levelname)s/%(processName)s %(process)d] %(message)s"
+worker_task_log_format = ("[%(asctime)s: %(levelname)s/%(processName)s %(process)d] "
+                          "%(task_name)s[%(task_id)s]: %(message)s")

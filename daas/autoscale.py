@@ -1,7 +1,8 @@
 """The autoscaler: a beat-driven task on the control queue that launches workers for the backlog.
 
-Scale-out only: workers scale themselves in by powering off when idle (daas.worker), so the
-scaler never stops a busy worker and cannot thrash around a boundary.
+Scale-out only: workers scale themselves in by powering off when idle (daas.lifecycle), so the
+scaler never stops a busy worker and cannot thrash around a boundary. Broken workers are ended by
+the housekeeping task (daas.tasks.housekeeping), not here.
 """
 from __future__ import annotations
 
@@ -9,22 +10,25 @@ import functools
 import math
 import time
 
-from daas import aws, config, timeline
+from celery.beat import PersistentScheduler
+
+from daas import aws, config, health, timeline
 from daas.celery_app import app
 from daas.providers import Provider, make_provider
+from daas.watchdog import notify
 
 
 def launches(visible: int, in_flight: int, running: int, starting: int, *,
              target: int, minimum: int, maximum: int) -> int:
     """Workers to launch now. Booting workers count as capacity, so a slow boot launches no second wave.
 
-    desired = clamp(ceil((visible + in_flight) / target), minimum, maximum), but with nothing
-    visible only the minimum: a new worker would find nothing to take. (Messages in flight with no
-    live holder, e.g. after a crash, come back visible after the visibility timeout; launching for
-    them earlier would start workers that idle out, again and again.)
+    desired = clamp(ceil((visible + in_flight) / target), minimum, maximum). Messages in flight
+    count even with nothing visible: those of a killed worker are in flight until their visibility
+    timeout (DAAS_VISIBILITY_TIMEOUT, 20 s) brings them back, and a worker launched for them now is
+    ready by then. Messages held by live workers are their own backlog: with a prefetch of one,
+    each busy worker holds one, and desired equals the busy workers.
     """
-    backlog = visible + in_flight if visible else 0
-    desired = min(max(math.ceil(backlog / max(target, 1)), minimum), maximum)
+    desired = min(max(math.ceil((visible + in_flight) / max(target, 1)), minimum), maximum)
     return max(0, desired - (running + starting))
 
 
@@ -34,7 +38,7 @@ def provider() -> Provider:
 
 
 def measure(settings: config.Settings, workers: Provider) -> dict:
-    """What the scaler and GET /api/status both report."""
+    """What the scaler decides on, and what GET /api/status serves (from the latest tick)."""
     depth = aws.queue_depth(settings)
     running, starting = workers.counts()
     return {"queue": depth, "workers": {"running": running, "starting": starting}, "provider": settings.provider}
@@ -49,5 +53,23 @@ def scale() -> int:
                      target=settings.scale_target, minimum=settings.scale_min, maximum=settings.scale_max)
     if count:
         workers.launch(count)
-    timeline.append(settings.state_dir, {"t": time.time(), **depth, **counts, "launched": count})
+    now = time.time()
+    health.record(settings.state_dir, health.TICK, {"t": now, "interval": settings.scale_interval,
+                                                    **status, "launched": count})
+    timeline.append(settings.state_dir, {"t": now, **depth, **counts, "launched": count})
     return count
+
+
+class BeatScheduler(PersistentScheduler):
+    """Celery beat's own scheduler, recording each time it wakes up (daas.health) and pinging
+    systemd's watchdog: a beat that stops sending ticks is noticed as such, not blamed on the
+    controller."""
+
+    state_dir = None
+
+    def tick(self, *args, **kwargs):
+        delay = super().tick(*args, **kwargs)
+        self.state_dir = self.state_dir or config.load().state_dir
+        health.record(self.state_dir, health.BEAT, {"t": time.time()})
+        notify("WATCHDOG=1")
+        return delay

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit
 
+from kombu.transport.SQS import CHARS_REPLACE_TABLE
 from kombu.utils.url import safequote
 
 from daas.config import Settings
@@ -31,6 +32,15 @@ TRANSPORT = "daas.transport:Transport"  # kombu's SQS transport with SNS fanout 
 def event_exchange(settings: Settings) -> str:
     """Per-stack names, so that two stacks in one account never see each other's workers."""
     return f"{settings.stack}-events"
+
+
+def control_exchange(settings: Settings) -> str:
+    return settings.stack
+
+
+def pidbox_queue(settings: Settings, node: str) -> str:
+    """The SQS name of a worker node's remote-control queue (kombu's pidbox on our control exchange)."""
+    return f"{node}.{control_exchange(settings)}.pidbox".translate(CHARS_REPLACE_TABLE)
 
 
 def transport_options(settings: Settings) -> dict:

@@ -15,12 +15,11 @@ from daas import config
 def cmd_up(args: argparse.Namespace) -> int:
     """The whole stack on this machine: local AWS endpoint (unless --aws), web, controller, beat, Flower."""
     from daas import aws
-    from daas.stack import Stack
+    from daas.stack import Stack, wait_for_http
+    from daas.supervisor import Supervisor
 
     settings = config.load()
-    if not settings.flower_user or not settings.flower_password:
-        settings = settings.with_(flower_user=settings.flower_user or "admin",
-                                  flower_password=settings.flower_password or secrets.token_urlsafe(12))
+    settings, where = flower_credentials(settings)
     stack = Stack(settings, log_dir=settings.state_dir / "logs")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -30,17 +29,19 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.start_controller()
         web_url = stack.start_web()
         flower_url = stack.start_flower()
+        wait_for_http(f"{web_url}/healthz", 120, ok_only=True)  # the autoscaler's first tick
+        supervisor = Supervisor(stack, {"web": f"{web_url}/healthz", "flower": f"{flower_url}/healthcheck"})
         print(f"daas is up (provider: {settings.provider}; logs in {settings.state_dir / 'logs'})\n"
               f"  upload form  {web_url}/\n"
               f"  API          {web_url}/api/jobs\n"
-              f"  Flower       {flower_url}/  (user {settings.flower_user}, password {settings.flower_password})\n"
+              f"  Flower       {flower_url}/  (user {settings.flower_user}, password {where})\n"
               f"  AWS endpoint {stack.settings.aws_endpoint or 'AWS ' + settings.region}\n"
               "Workers start when images arrive and power off when idle. Ctrl-C stops everything.",
               flush=True)
         while True:
             time.sleep(0.5)
-            for name, code in stack.restart_exited():
-                print(f"{name} exited with code {code}; restarted it (see its log)", file=sys.stderr, flush=True)
+            for line in supervisor.step():
+                print(line, file=sys.stderr, flush=True)
     except RuntimeError as exc:
         print(f"stopping: {exc}", file=sys.stderr)
         return 1
@@ -49,6 +50,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         print("stopping all processes…", flush=True)
         stack.stop()
+
+
+def flower_credentials(settings: config.Settings) -> tuple[config.Settings, str]:
+    """Flower's user and password, and where the password is to be read (never printed): from
+    DAAS_FLOWER_PASSWORD, or generated once and kept in the state folder (mode 0600)."""
+    settings = settings.with_(flower_user=settings.flower_user or "admin")
+    if settings.flower_password:
+        return settings, "from DAAS_FLOWER_PASSWORD"
+    path = settings.state_dir / "flower-password"
+    if not path.exists():
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(12))
+    return settings.with_(flower_password=path.read_text().strip()), f"in {path}"
 
 
 def cmd_init(_args: argparse.Namespace) -> int:
@@ -62,21 +77,36 @@ def cmd_init(_args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
+    from daas import aws
+    from daas.serving import serve
     from web import create_app
 
     settings = config.load()
-    create_app(settings).run(host=settings.host, port=settings.web_port, threaded=True)
+    aws.ROLE = "web"
+    serve(create_app(settings), settings.host, settings.web_port, workers=settings.web_workers,
+          threads=settings.web_threads, timeout=settings.web_timeout, name="daas-web")
     return 0
 
 
 def cmd_controller(_args: argparse.Namespace) -> int:
-    """The control-queue worker: autoscaler ticks, dead-letter reaper, orphan sweeper."""
+    """The control-queue worker: autoscaler ticks, dead-letter reaper, housekeeping."""
+    from celery import signals
+
     from daas.celery_app import app
+    from daas.watchdog import Watchdog
+
+    from daas import aws
 
     settings = config.load()
+    aws.ROLE = "controller"
     # No remote control here: nothing to inspect, and a pidbox would only add SQS traffic.
     app.conf.worker_enable_remote_control = False
-    app.worker_main(["worker", "--queues", settings.control_queue, "--pool", "solo",
+    watchdog = Watchdog(settings.control_queue, settings.stall_timeout, settings.task_time_limit)
+    signals.worker_init.connect(lambda **_: watchdog.start(), weak=False)
+    signals.worker_ready.connect(watchdog.ready, weak=False)
+    # Threads: a slow housekeeping run (seconds, on a loaded machine) must not hold up the scaling
+    # ticks behind it; they expire when the next is due, and three missed ones read as a stall.
+    app.worker_main(["worker", "--queues", settings.control_queue, "--pool", "threads", "--concurrency", "3",
                      "--hostname", f"{settings.stack}-controller@%h", "--loglevel", "INFO",
                      "--without-mingle", "--without-gossip", *([] if settings.events else ["--without-heartbeat"])])
     return 0
@@ -179,9 +209,10 @@ def parser() -> argparse.ArgumentParser:
     tl.set_defaults(func=cmd_timeline)
 
     bench = sub.add_parser("bench", help="benchmarks (see README)")
-    bench.add_argument("which", nargs="?", default="all", choices=["all", "scaling"])
+    bench.add_argument("which", nargs="?", default="all", choices=["all", "scaling", "soak"])
     bench.add_argument("--out", default="bench-results", help="folder for JSON and plots")
     bench.add_argument("--images", type=int, default=120, help="images in the throughput runs")
+    bench.add_argument("--minutes", type=float, default=30, help="how long the soak runs")
     bench.set_defaults(func=cmd_bench)
     return root
 

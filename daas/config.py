@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 MB = 1024 * 1024
+MISSED_HEARTBEATS = 3  # "several missed heartbeats": one lost PUT or a slow second never kills a worker
+TICKS_MISSED_UNHEALTHY = 3  # /healthz and `up` call the autoscaler stalled after this many intervals
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,13 @@ class Settings:
     flower_port: int = 5555
     flower_user: str = ""
     flower_password: str = ""
+    # Web tier: gunicorn processes and threads (a waiting POST /classify holds a thread), and the
+    # seconds a client may stall while it sends a request.
+    web_workers: int = 2
+    web_threads: int = 64
+    web_timeout: float = 30.0
+    api_keys: str = ""       # comma-separated; empty: the upload, job and ops routes are open
+    rate_limit: int = 0      # images per minute per API key (per client address when open); 0: none
     state_dir: Path = Path(".daas")
     # Model and input limits
     model: str = "efficientnet_lite0"
@@ -39,9 +48,12 @@ class Settings:
     max_image_pixels: int = 50_000_000
     max_files: int = 500
     result_timeout: float = 60.0
-    # Delivery
-    visibility_timeout: int = 300
+    # Delivery. A worker keeps the messages it holds invisible (extending them every quarter of the
+    # timeout) for up to task_time_limit seconds, so a short timeout is safe: what a killed worker
+    # held comes back within visibility_timeout seconds.
+    visibility_timeout: int = 20
     max_receives: int = 3
+    task_time_limit: float = 300.0
     # Workers
     images_per_task: int = 10  # images per queue message (see daas.jobs.chunks)
     worker_concurrency: int = 1
@@ -50,6 +62,14 @@ class Settings:
     idle_timeout: float = 60.0
     poweroff_command: str = ""
     events: bool = True
+    max_lifetime: float = 86400.0  # seconds a worker serves before it retires (0: forever)
+    worker_host: str = ""    # the host part of a worker's name; default: the host name (EC2: the instance id)
+    # Liveness: every process of the service that consumes a queue (workers, controller) exits when it
+    # has made no progress for stall_timeout seconds; workers write a heartbeat every
+    # heartbeat_interval seconds, and one that missed MISSED_HEARTBEATS is dead to the controller.
+    heartbeat_interval: float = 15.0
+    stall_timeout: float = 60.0
+    sweep_interval: float = 60.0  # the controller's housekeeping: dead workers, orphaned queues
     # Autoscaling
     provider: str = "local"
     scale_interval: float = 5.0
@@ -63,6 +83,7 @@ class Settings:
     ec2_subnet: str = ""
     ec2_security_group: str = ""
     ec2_instance_profile: str = ""
+    ec2_join_timeout: float = 600.0  # seconds a new worker may take to send its first heartbeat
 
     def __post_init__(self) -> None:
         derived = {
@@ -80,6 +101,20 @@ class Settings:
     @property
     def dead_letter_queue(self) -> str:
         return f"{self.queue}-dlq"
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a heartbeat after which a worker counts as dead."""
+        return MISSED_HEARTBEATS * self.heartbeat_interval
+
+    @property
+    def extend_every(self) -> float:
+        """How often a worker pushes back the visibility timeout of the messages it holds."""
+        return self.visibility_timeout / 4
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)

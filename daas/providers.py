@@ -1,15 +1,26 @@
 """Where workers run: local OS processes (the embedded default) or EC2 instances. One interface."""
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
+import signal
+import socket
 import string
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Protocol
 
-from daas import aws, config
+from botocore.exceptions import ClientError
 
+from daas import aws, config
+from daas.fleet import Worker
+
+log = logging.getLogger(__name__)
 WORKER_AMI = Path(__file__).resolve().parent.parent / "worker_ami"
 ROLE_TAG, STACK_TAG = "daas:role", "daas:stack"
 
@@ -20,6 +31,15 @@ class Provider(Protocol):
 
     def launch(self, count: int) -> None:
         """Start `count` more workers."""
+
+    def workers(self) -> list[Worker]:
+        """The workers of this stack that are starting or running."""
+
+    def terminate(self, ids: list[str]) -> None:
+        """End these workers now (no warm shutdown: they are broken or too old)."""
+
+    def worker_id(self, pid: int, host: str) -> str | None:
+        """The id of the worker a heartbeat's node (pid, host) belongs to; None if not one of ours."""
 
 
 class LocalProvider:
@@ -35,23 +55,46 @@ class LocalProvider:
         self.folder = settings.state_dir / "workers"
         self.children: dict[int, subprocess.Popen] = {}
 
-    def counts(self) -> tuple[int, int]:
+        self.host = settings.worker_host or socket.gethostname()
+
+    def _markers(self) -> dict[int, tuple[bool, float]]:
+        """{pid: (ready, launched)} of the live workers; markers of dead ones are removed."""
         for pid, child in list(self.children.items()):
             if child.poll() is not None:  # reap it, so that it is not counted as a zombie
                 del self.children[pid]
-        running = starting = 0
+        live = {}
         for marker in self.folder.glob("[0-9]*"):
             if marker.suffix:
                 continue
             pid = int(marker.name)
-            if not _alive(pid):
+            try:
+                launched = marker.stat().st_mtime
+            except FileNotFoundError:  # removed meanwhile by another process counting
+                continue
+            if _alive(pid):
+                live[pid] = (marker.with_suffix(".ready").exists(), launched)
+            else:
                 marker.unlink(missing_ok=True)
                 marker.with_suffix(".ready").unlink(missing_ok=True)
-            elif marker.with_suffix(".ready").exists():
-                running += 1
-            else:
-                starting += 1
-        return running, starting
+        return live
+
+    def counts(self) -> tuple[int, int]:
+        ready = [is_ready for is_ready, _ in self._markers().values()]
+        return sum(ready), len(ready) - sum(ready)
+
+    def workers(self) -> list[Worker]:
+        return [Worker(str(pid), launched) for pid, (_, launched) in self._markers().items()]
+
+    def terminate(self, ids: list[str]) -> None:
+        for pid in map(int, ids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._markers()  # reaps and unregisters them
+
+    def worker_id(self, pid: int, host: str) -> str | None:
+        return str(pid) if host == self.host else None
 
     def launch(self, count: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -79,38 +122,97 @@ def _alive(pid: int) -> bool:
         return True
 
 
+# How long a launched instance is counted even where DescribeInstances does not list it yet (EC2's
+# API is eventually consistent: a describe right after RunInstances may miss the new instances).
+REMEMBER_LAUNCHES_S = 300.0
+LIVE_STATES = ("pending", "running")
+
+
+def instance_states(described: dict[str, tuple[str, float]], remembered: dict[str, float],
+                    now: float) -> dict[str, tuple[str, float]]:
+    """{instance id: (state, launched)} of the live instances: those DescribeInstances lists as
+    pending or running, and recent launches it does not list yet (counted as pending)."""
+    live = {iid: (state, at) for iid, (state, at) in described.items() if state in LIVE_STATES}
+    for iid, at in remembered.items():
+        if iid not in described and now - at < REMEMBER_LAUNCHES_S:
+            live[iid] = ("pending", at)
+    return live
+
+
 class EC2Provider:
     """Workers are EC2 instances booted from the worker AMI, found again by their tags."""
 
     def __init__(self, settings: config.Settings):
         self.settings = settings
         self.ec2 = aws.client("ec2", settings)
+        # Recent launches, kept on disk so that a restarted controller remembers them too.
+        self.launches_file = settings.state_dir / "ec2-launches.json"
 
-    def _filters(self) -> list[dict]:
-        return [{"Name": f"tag:{ROLE_TAG}", "Values": ["worker"]},
-                {"Name": f"tag:{STACK_TAG}", "Values": [self.settings.stack]},
-                {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    def _described(self) -> dict[str, tuple[str, float]]:
+        """{instance id: (state, launched)} of every instance of this stack DescribeInstances lists."""
+        filters = [{"Name": f"tag:{ROLE_TAG}", "Values": ["worker"]},
+                   {"Name": f"tag:{STACK_TAG}", "Values": [self.settings.stack]}]
+        return {instance["InstanceId"]: (instance["State"]["Name"], instance["LaunchTime"].timestamp())
+                for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
+                for reservation in page["Reservations"] for instance in reservation["Instances"]}
+
+    def _remembered(self) -> dict[str, float]:
+        try:
+            return json.loads(self.launches_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _remember(self, ids: list[str]) -> None:
+        now = time.time()
+        recent = {iid: at for iid, at in self._remembered().items() if now - at < REMEMBER_LAUNCHES_S}
+        recent.update(dict.fromkeys(ids, now))
+        self.launches_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.launches_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(recent))
+        temporary.replace(self.launches_file)
+
+    def _live(self) -> dict[str, tuple[str, float]]:
+        return instance_states(self._described(), self._remembered(), time.time())
 
     def counts(self) -> tuple[int, int]:
-        running = starting = 0
-        for page in self.ec2.get_paginator("describe_instances").paginate(Filters=self._filters()):
-            for reservation in page["Reservations"]:
-                for instance in reservation["Instances"]:
-                    if instance["State"]["Name"] == "running":
-                        running += 1
-                    else:
-                        starting += 1
-        return running, starting
+        states = [state for state, _ in self._live().values()]
+        return states.count("running"), states.count("pending")
+
+    def workers(self) -> list[Worker]:
+        return [Worker(iid, launched) for iid, (_, launched) in self._live().items()]
+
+    def terminate(self, ids: list[str]) -> None:
+        if ids:
+            self.ec2.terminate_instances(InstanceIds=ids)
+
+    def worker_id(self, pid: int, host: str) -> str | None:
+        return host if host.startswith("i-") else None
 
     def launch(self, count: int) -> None:
-        self.ec2.run_instances(**self.launch_parameters(count))
+        """Launch up to `count` workers. RunInstances with MinCount=1 launches what capacity allows;
+        the rest is asked for again at once, until EC2 refuses (the next tick asks again then)."""
+        launched: list[str] = []
+        while len(launched) < count:
+            try:
+                answer = self.ec2.run_instances(**self.launch_parameters(count - len(launched)))
+            except ClientError as exc:
+                if not launched:
+                    raise  # nothing launched: a configuration or permission error, loudly
+                log.warning("EC2 launched %d of %d workers and refused the rest: %s", len(launched), count,
+                            exc.response["Error"].get("Message", exc))
+                break
+            ids = [instance["InstanceId"] for instance in answer["Instances"]]
+            self._remember(ids)
+            launched += ids
 
     def launch_parameters(self, count: int) -> dict:
         s = self.settings
         tags = [{"Key": ROLE_TAG, "Value": "worker"}, {"Key": STACK_TAG, "Value": s.stack},
                 {"Key": "Name", "Value": f"{s.stack}-worker"}]
         params = {
-            "MinCount": count, "MaxCount": count,
+            # Partial capacity launches what it can. The token makes botocore's retries of this
+            # call idempotent: a retried RunInstances never launches a second set.
+            "MinCount": 1, "MaxCount": count, "ClientToken": uuid.uuid4().hex,
             "UserData": render_user_data(s),
             "InstanceInitiatedShutdownBehavior": "terminate",  # idle power-off ends the instance
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},  # IMDSv2 only
@@ -135,7 +237,8 @@ class EC2Provider:
 WORKER_ENV = ("AWS_REGION", "DAAS_STACK", "DAAS_INPUT_BUCKET", "DAAS_OUTPUT_BUCKET", "DAAS_QUEUE",
               "DAAS_MODEL", "DAAS_MODEL_WEIGHTS", "DAAS_MAX_IMAGE_PIXELS", "DAAS_IDLE_TIMEOUT",
               "DAAS_WORKER_CONCURRENCY", "DAAS_TORCH_THREADS", "DAAS_PREFETCH_MULTIPLIER", "DAAS_EVENTS",
-              "DAAS_VISIBILITY_TIMEOUT")
+              "DAAS_VISIBILITY_TIMEOUT", "DAAS_TASK_TIME_LIMIT", "DAAS_HEARTBEAT_INTERVAL",
+              "DAAS_STALL_TIMEOUT", "DAAS_MAX_LIFETIME")
 
 
 def render_user_data(settings: config.Settings) -> str:
@@ -143,7 +246,10 @@ def render_user_data(settings: config.Settings) -> str:
     env = config.to_env(settings)
     env_file = "".join(f"{name}={env[name]}\n" for name in WORKER_ENV)
     template = string.Template((WORKER_AMI / "user-data.sh").read_text())
-    return template.substitute(WORKER_ENV_FILE=env_file.rstrip("\n"))
+    # The worker retires at DAAS_MAX_LIFETIME; the controller ends it a join timeout later; the
+    # instance itself powers off a join timeout after that, whatever else happens.
+    minutes = math.ceil((settings.max_lifetime + 2 * settings.ec2_join_timeout) / 60) if settings.max_lifetime else 0
+    return template.substitute(WORKER_ENV_FILE=env_file.rstrip("\n"), POWEROFF_AFTER_MINUTES=minutes)
 
 
 def make_provider(settings: config.Settings) -> Provider:

@@ -6,6 +6,7 @@ after everything that talks to it.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -28,8 +29,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None,
+                  ok_only: bool = False) -> None:
+    """Wait until `url` answers: with any status (the server is up), or with 2xx if `ok_only`."""
+    deadline, answer = time.monotonic() + timeout, "no answer"
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{process.args[:4]} exited with {process.returncode} before {url} answered")
@@ -38,13 +41,16 @@ def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | N
                 return
         except OSError as exc:
             if getattr(exc, "code", None):  # an HTTP error status still means it is up
-                return
+                if not ok_only:
+                    return
+                answer = f"{exc.code}: {exc.read().decode(errors='replace')[:300]}"
             time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+    raise TimeoutError(f"{url} did not answer{' 2xx' if ok_only else ''} within {timeout:.0f} s ({answer})")
 
 
 def child_env(settings: config.Settings) -> dict[str, str]:
-    env = {**os.environ, **config.to_env(settings)}
+    # Unbuffered: a log's last lines before a crash or a SIGKILL are the ones that matter.
+    env = {**os.environ, **config.to_env(settings), "PYTHONUNBUFFERED": "1"}
     if settings.aws_endpoint:
         # The local endpoint takes any credentials; never let a developer's real ones leak to it.
         env.update(AWS_ACCESS_KEY_ID=LOCAL_CREDENTIALS[0], AWS_SECRET_ACCESS_KEY=LOCAL_CREDENTIALS[1])
@@ -84,7 +90,15 @@ class Stack:
                                    process_group=self._group or 0)
         self._group = self._group or process.pid
         self.processes[name], self.commands[name] = process, (args, extra_env)
+        self._record_pids()
         return process
+
+    def _record_pids(self) -> None:
+        """`<state>/processes.json`: {name: pid} of the running children, for operators and the soak."""
+        state = self.settings.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        (state / ".processes.tmp").write_text(json.dumps({name: p.pid for name, p in self.processes.items()}))
+        (state / ".processes.tmp").replace(state / "processes.json")
 
     def restart_exited(self, limit: int = 5, window: float = 60.0) -> list[tuple[str, int]]:
         """Start again every process that exited, as a supervisor would: (name, exit code) each.
@@ -125,9 +139,10 @@ class Stack:
         s = self.settings
         process = self.spawn("flower", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "flower",
                                         f"--address={s.host}", f"--port={s.flower_port}",
-                                        f"--basic-auth={s.flower_user}:{s.flower_password}",
                                         # workers send events themselves; forget them soon after they exit
-                                        "--enable_events=False", "--purge_offline_workers=30"])
+                                        "--enable_events=False", "--purge_offline_workers=30"],
+                             # Flower reads FLOWER_<option> variables: the password never shows in `ps`.
+                             {"FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}"})
         url = f"http://{s.host}:{s.flower_port}"
         wait_for_http(f"{url}/healthcheck", 60, process)
         return url
@@ -140,11 +155,11 @@ class Stack:
             _signal_group(self._group, signal.SIGKILL)
             self._group = None
         if self._endpoint:
-            self._endpoint.terminate()
-            try:
-                self._endpoint.wait(10)
-            except subprocess.TimeoutExpired:
-                self._endpoint.kill()
+            # SIGINT: gunicorn's quick shutdown (a graceful one would wait for open long polls).
+            _signal_group(self._endpoint.pid, signal.SIGINT)
+            _wait_group(self._endpoint.pid, [self._endpoint], 10)
+            _signal_group(self._endpoint.pid, signal.SIGKILL)
+            self._endpoint.wait()
             self._endpoint = None
 
     def _log(self, name: str):

@@ -5,13 +5,14 @@ import base64
 import functools
 import json
 import logging
+import re
 import time
 
-from botocore.exceptions import BotoCoreError, ClientError
-from celery import Task
+from botocore.exceptions import ClientError
 
-from daas import config, results, storage
+from daas import config, fleet, replies, results, storage
 from daas.aws import client, queue_url
+from daas.broker import pidbox_queue
 from daas.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -22,29 +23,21 @@ def settings() -> config.Settings:
     return config.load()
 
 
-class ClassifyTask(Task):
-    # Storage hiccups are retried with backoff; anything still failing becomes an error result,
-    # so that no job waits forever on an image that will never be labelled.
-    autoretry_for = (BotoCoreError, ClientError)
-    retry_backoff = 1
-    max_retries = 3
+# A task that fails (storage unreachable, a bug) is not acknowledged: its message stays with SQS,
+# which delivers it again after the visibility timeout and, after DAAS_MAX_RECEIVES deliveries,
+# moves it to the dead-letter queue, where the reaper stores error results for its images. Nothing
+# is acknowledged into silence, and no error result is written while storage may be down.
+@app.task(name="daas.classify", acks_on_failure_or_timeout=False)
+def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None) -> int:
+    """Classify a chunk of a job's images ([image_id, name] pairs, see daas.jobs.chunks), store
+    their results in one object, and send them to the web process that enqueued the chunk
+    (`reply_to`, see daas.replies). Returns how many images it classified (Flower shows it)."""
+    from daas.pipeline import classify_chunk  # torch is imported by workers only
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        job_id, chunk = args
-        message = f"the image could not be processed: internal error ({type(exc).__name__}); please retry"
-        try:
-            record_failure(settings(), job_id, chunk, message)
-        except Exception:  # storage itself is down: the job shows the images as queued
-            log.exception("could not record the failure of the images %s", chunk)
-
-
-@app.task(base=ClassifyTask, name="daas.classify")
-def classify(job_id: str, chunk: list[list[str]]) -> int:
-    """Classify a chunk of a job's images ([image_id, name] pairs, see daas.jobs.chunks) and store
-    their results in one object. Returns how many images it classified (Flower shows it)."""
-    from daas.worker import classify_chunk  # torch is imported by workers only
-
-    storage.put_results(settings(), job_id, classify_chunk(settings(), job_id, chunk))
+    documents = classify_chunk(settings(), job_id, chunk)
+    storage.put_results(settings(), job_id, documents)
+    if reply_to:
+        replies.send(settings(), reply_to, storage.results_key(job_id, chunk[0][0]), documents)
     return len(chunk)
 
 
@@ -66,14 +59,27 @@ def decode_task_message(body: str) -> tuple[str, list]:
     return envelope["headers"]["task"], args
 
 
+def classify_args(body: str) -> tuple[str, list[list[str]]] | None:
+    """(job_id, chunk) of a raw daas.classify message; None for anything else."""
+    try:
+        task, (job_id, chunk) = decode_task_message(body)
+        if task == "daas.classify" and isinstance(job_id, str) and chunk and all(
+                isinstance(image, list) and len(image) == 2 for image in chunk):
+            return job_id, chunk
+    except (ValueError, KeyError, IndexError, TypeError):
+        pass
+    return None
+
+
 @app.task(name="daas.reap_dead_letters", ignore_result=True)
 def reap_dead_letters() -> int:
     return reap(settings())
 
 
 def reap(cfg: config.Settings) -> int:
-    """Turn messages that SQS dead-lettered (their worker died on every attempt) into error results;
-    returns how many images it gave up on."""
+    """Turn messages that SQS dead-lettered (their task failed on every delivery) into error results;
+    returns how many images it gave up on. A message whose results cannot be stored now stays in the
+    dead-letter queue for the next run; one that is not a daas task is logged and dropped."""
     sqs = client("sqs", cfg)
     url = queue_url(cfg, cfg.dead_letter_queue)
     reaped = 0
@@ -82,57 +88,91 @@ def reap(cfg: config.Settings) -> int:
         if not messages:
             return reaped
         for message in messages:
-            try:
-                task, args = decode_task_message(message["Body"])
-            except (ValueError, KeyError, IndexError):
-                task, args = None, []
-            if task == "daas.classify":
-                job_id, chunk = args
-                reaped += record_failure(cfg, job_id, chunk, (
-                    f"the worker stopped {cfg.max_receives} times while classifying this image or "
-                    "another one sent with it; giving up"))
+            task = classify_args(message["Body"])
+            if task is None:
+                log.warning("dropping a dead-lettered message that is not a daas task: %.200r", message["Body"])
             else:
-                log.warning("dropping an unreadable dead-lettered message %s", message["MessageId"])
+                try:
+                    reaped += record_failure(cfg, *task, (
+                        f"the image could not be classified: {cfg.max_receives} attempts failed (a worker "
+                        "stopped, or storage was unavailable); please upload it again"))
+                except Exception as exc:  # storage still down: the message waits for the next run
+                    log.error("could not store the error results of dead-lettered job %s (retried at the "
+                              "next run): %r", task[0], exc)
+                    continue
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
+@app.task(name="daas.housekeeping", ignore_result=True)
+def housekeeping() -> dict:
+    """The controller's periodic housekeeping (every DAAS_SWEEP_INTERVAL): end broken workers, then
+    delete what dead processes left behind."""
+    from daas.autoscale import provider
 
-@app.task(name="daas.sweep_orphans", ignore_result=True)
-def sweep_orphans() -> list[str]:
-    from kombu.transport.SQS import CHARS_REPLACE_TABLE
+    cfg = settings()
+    ended, live_nodes = end_broken_workers(cfg, provider())
+    return {"ended": ended, "removed": sweep(cfg, {pidbox_queue(cfg, node) for node in live_nodes})}
 
-    # The controller running this has remote control off, so it has no pidbox of its own to keep.
-    live = {host for reply in app.control.ping(timeout=2.0) or [] for host in reply}
-    pidboxes = {f"{host}.{app.conf.control_exchange}.pidbox".translate(CHARS_REPLACE_TABLE) for host in live}
-    return sweep(settings(), pidboxes)
+
+def end_broken_workers(cfg: config.Settings, workers) -> tuple[dict[str, str], set[str]]:
+    """Terminate the provider's workers that never joined, stopped beating or outlived their lifetime
+    (see daas.fleet.verdicts), and forget the records of dead workers. Returns ({worker id: why
+    it ended}, the nodes of the live workers)."""
+    beats, now = fleet.heartbeats(cfg), time.time()
+    known = workers.workers()
+    ended = fleet.verdicts(known, fleet.latest_by_worker(beats, workers.worker_id), now,
+                           join_timeout=cfg.ec2_join_timeout, stale_after=cfg.stale_after,
+                           max_lifetime=cfg.max_lifetime)
+    for worker_id, why in ended.items():
+        log.warning("ending worker %s: it %s", worker_id, why)
+    workers.terminate(list(ended))
+    alive = {worker.id for worker in known} - ended.keys()
+    live_nodes = set()
+    for node, at in beats.items():
+        parsed = fleet.parse_node(node)
+        worker_id = workers.worker_id(*parsed) if parsed else None
+        if fleet.is_fresh(at, cfg, now) and (worker_id is None or worker_id in alive):
+            live_nodes.add(node)
+        else:
+            fleet.forget(cfg, node)
+    return ended, live_nodes
 
 
 def sweep(cfg: config.Settings, live_pidboxes: set[str], event_backlog: int = 30,
-          reply_age: float = 300) -> list[str]:
+          reply_age: float = 300, pidbox_age: float | None = None,
+          silent_for: float = 3 * replies.REFRESH_EVERY) -> list[str]:
     """Delete the per-process queues and SNS subscriptions that killed processes left behind.
 
-    Clean exits remove their own (daas.transport); a SIGKILLed worker or Flower cannot. An event
-    queue nobody drains fills with heartbeats; a pidbox queue whose worker does not answer ping
-    is dead; a reply queue outlives its `inspect` call by seconds only.
+    Clean exits remove their own (daas.transport, daas.replies); a SIGKILLed worker, web process or
+    Flower cannot. An event queue nobody drains fills with heartbeats; a pidbox queue older than
+    `pidbox_age` (default: the heartbeat staleness limit) whose worker is not live is dead; a remote
+    control reply queue outlives its `inspect` call by seconds only; a web process's reply queue
+    whose attributes were not refreshed for `silent_for` seconds lost its listener.
     """
-    import re
-
     sqs, sns, stack = client("sqs", cfg), client("sns", cfg), re.escape(cfg.stack)
+    pidbox_age = cfg.stale_after if pidbox_age is None else pidbox_age
     events = re.compile(rf"^{stack}-celeryev-[0-9a-f-]{{36}}$")
-    replies = re.compile(rf"^[0-9a-f-]{{36}}-reply-{stack}-pidbox$")
+    control_replies = re.compile(rf"^[0-9a-f-]{{36}}-reply-{stack}-pidbox$")
     pidbox = re.compile(rf"^.+-{stack}-pidbox$")
+    web_replies = re.compile(rf"^{stack}-replies-[0-9a-f]{{32}}$")
     removed = []
     for url in sqs.list_queues(QueueNamePrefix="", MaxResults=1000).get("QueueUrls", []):
         name = url.rsplit("/", 1)[1]
-        if not (events.match(name) or pidbox.match(name)):
+        if not (events.match(name) or pidbox.match(name) or web_replies.match(name)):
             continue
-        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        try:
+            attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        except sqs.exceptions.QueueDoesNotExist:  # its process deleted it meanwhile
+            continue
+        age = time.time() - float(attributes["CreatedTimestamp"])
         if events.match(name):
             orphan = int(attributes["ApproximateNumberOfMessages"]) >= event_backlog
-        elif replies.match(name):
-            orphan = time.time() - float(attributes["CreatedTimestamp"]) > reply_age
+        elif web_replies.match(name):
+            orphan = time.time() - float(attributes["LastModifiedTimestamp"]) > silent_for
+        elif control_replies.match(name):
+            orphan = age > reply_age
         else:
-            orphan = name not in live_pidboxes
+            orphan = name not in live_pidboxes and age > pidbox_age
         if orphan:
             sqs.delete_queue(QueueUrl=url)
             removed.append(name)

@@ -5,21 +5,36 @@ import json
 from pathlib import Path
 
 FILE = "timeline.jsonl"
+# One record per tick (every 5 s) is about 1.7 MB a day: past this size the file becomes
+# timeline.jsonl.1 (replacing the one before), so a service running for months keeps a few days.
+ROTATE_BYTES = 4 * 1024 * 1024
 
 
-def append(state_dir: Path, record: dict) -> None:
+def append(state_dir: Path, record: dict, rotate_bytes: int = ROTATE_BYTES) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / FILE, "a") as handle:
+    path = state_dir / FILE
+    if path.exists() and path.stat().st_size > rotate_bytes:
+        path.replace(path.with_name(FILE + ".1"))
+    with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
 def read(state_dir: Path, since: float = 0.0) -> list[dict]:
-    try:
-        lines = (state_dir / FILE).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = []
+    for path in (state_dir / (FILE + ".1"), state_dir / FILE):
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        records += [record for record in map(_parse, lines) if record]
     return [r for r in records if r["t"] >= since]
+
+
+def _parse(line: str) -> dict | None:
+    try:  # a line being written as we read has no end yet
+        return json.loads(line) if line.strip() else None
+    except ValueError:
+        return None
 
 
 def plot(records: list[dict], path, title: str = "daas autoscaling") -> None:

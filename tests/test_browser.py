@@ -67,6 +67,7 @@ def test_status_panel_and_flower_dashboard_show_a_real_run(local_aws, browser, t
     with Stack(settings, log_dir=tmp_path / "logs") as stack:
         service = Service(stack, stack.start_web())
         flower = stack.start_flower()
+        stack.start_controller()  # the status panel shows the autoscaler's latest measurement
         worker = stack.start_worker()
         job = service.submit([(f"{i}.png", skimage_photo("coffee.png")) for i in range(6)]).json()
         service.wait_job(job["job_id"])

@@ -1,11 +1,14 @@
 """Delivery guarantees with real processes: a killed worker loses no image."""
+import io
 import os
 import signal
 import time
+from pathlib import Path
 
-from daas import aws
+from daas import aws, fleet
+from daas.broker import pidbox_queue
 from daas.stack import Stack
-from tests.conftest import Service, make_settings, skimage_photo
+from tests.conftest import Service, make_settings, skimage_photo, wait_for
 
 
 def test_images_held_by_a_killed_worker_come_back(local_aws, tmp_path):
@@ -31,3 +34,120 @@ def test_images_held_by_a_killed_worker_come_back(local_aws, tmp_path):
         stack.start_worker("rescuer")
         done = service.wait_job(job["job_id"], timeout=120)
         assert [image["label"] for image in done["images"]] == ["espresso"] * 16
+
+
+def big_png() -> bytes:
+    """A 49-megapixel PNG of a few hundred bytes: about half a second to decode."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (7000, 7000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def dead_letters(settings) -> int:
+    sqs = aws.client("sqs", settings)
+    attributes = sqs.get_queue_attributes(QueueUrl=aws.queue_url(settings, settings.dead_letter_queue),
+                                          AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])
+
+
+def task_lines(log_dir: Path, event: str) -> list[str]:
+    """The workers' log lines `Task daas.classify[<id>] <event>` (received, succeeded)."""
+    return [line for log in log_dir.glob("*.log") for line in log.read_text().splitlines()
+            if "Task daas.classify[" in line and f"] {event}" in line]
+
+
+def test_a_long_task_runs_once_and_its_busy_worker_lives_through_housekeeping(local_aws, tmp_path):
+    """Ten 49-megapixel PNGs (several seconds, against a 2-second visibility timeout) on one of two
+    workers: the busy worker keeps its message invisible and keeps beating while the task runs, so
+    the other never gets the message, and housekeeping leaves the busy worker and its pidbox alone."""
+    from daas import tasks
+    from daas.providers import LocalProvider
+
+    settings = make_settings(local_aws, tmp_path, visibility_timeout=2, heartbeat_interval=1)
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        service = Service(stack, stack.start_web())
+        workers = [stack.start_worker("first"), stack.start_worker("second")]
+        wait_for(lambda: len(fleet.heartbeats(settings)) == 2, 90, "both workers to beat")
+        job = service.submit([(f"big{i}.png", big_png()) for i in range(10)]).json()
+        wait_for(lambda: task_lines(tmp_path / "logs", "received"), 60, "a worker to take the task")
+        started = time.monotonic()
+        while not service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "done":
+            ended, live = tasks.end_broken_workers(settings, LocalProvider(settings))
+            assert ended == {} and len(live) == 2, (ended, live)
+            assert tasks.sweep(settings, {pidbox_queue(settings, node) for node in live}, pidbox_age=0) == []
+            time.sleep(0.5)
+        assert time.monotonic() - started > 2 * settings.visibility_timeout, "the task should outlast the timeout"
+        assert len(task_lines(tmp_path / "logs", "received")) == 1
+        assert all(worker.poll() is None for worker in workers)
+        done = service.wait_job(job["job_id"])
+        assert {image["status"] for image in done["images"]} == {"done"}
+
+
+def test_a_stalled_worker_is_ended_and_the_images_it_held_come_back(local_aws, tmp_path):
+    """SIGSTOP: the process lives but does nothing. Its messages come back after the visibility
+    timeout (nobody extends them), and housekeeping ends it once it missed its heartbeats."""
+    from daas import tasks
+    from daas.providers import LocalProvider
+
+    settings = make_settings(local_aws, tmp_path, visibility_timeout=3, heartbeat_interval=1)
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        service = Service(stack, stack.start_web())
+        stuck = stack.start_worker("stuck")
+        wait_for(lambda: fleet.heartbeats(settings), 90, "the worker to beat")
+        job = service.submit([(f"big{i}.png", big_png()) for i in range(3)]).json()
+        wait_for(lambda: task_lines(tmp_path / "logs", "received"), 60, "the worker to take the task")
+        os.kill(stuck.pid, signal.SIGSTOP)
+        rescuer = stack.start_worker("rescuer")
+        done = service.wait_job(job["job_id"], timeout=120)
+        assert {image["status"] for image in done["images"]} == {"done"}
+        assert all(image["worker"] for image in done["images"])
+        ended = wait_for(lambda: tasks.end_broken_workers(settings, LocalProvider(settings))[0], 30,
+                         "housekeeping to end the stalled worker")
+        assert list(ended) == [str(stuck.pid)] and "no heartbeat" in ended[str(stuck.pid)]
+        assert stuck.wait(10) == -signal.SIGKILL and rescuer.poll() is None
+
+
+def test_a_foreign_message_is_dead_lettered_and_no_worker_crashes(local_aws, tmp_path):
+    import base64
+    import json
+
+    from daas import tasks
+
+    settings = make_settings(local_aws, tmp_path, visibility_timeout=1)
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        service = Service(stack, stack.start_web())
+        worker = stack.start_worker()
+        sqs, url = aws.client("sqs", settings), aws.queue_url(settings, settings.queue)
+        foreign = {"properties": {"delivery_info": {}}, "headers": {"task": "nope"}, "body": "x"}
+        sqs.send_message(QueueUrl=url, MessageBody=base64.b64encode(json.dumps(foreign).encode()).decode())
+        sqs.send_message(QueueUrl=url, MessageBody="not even base64 {")
+        job = service.submit([("coffee.png", skimage_photo("coffee.png"))]).json()
+        assert service.wait_job(job["job_id"])["images"][0]["label"] == "espresso"
+        wait_for(lambda: dead_letters(settings) == 2, 60, "both messages in the dead-letter queue")
+        assert worker.poll() is None
+        log = (tmp_path / "logs" / "worker.log").read_text()
+        assert log.count("rejected a message that is not a daas task") == 2 * settings.max_receives
+        assert "Unrecoverable" not in log and "CRITICAL" not in log and "Traceback" not in log
+        assert tasks.reap(settings) == 0 and dead_letters(settings) == 0
+
+
+def test_a_failure_that_cannot_be_recorded_waits_for_storage_in_the_dead_letter_queue(local_aws, tmp_path):
+    """The worker's output bucket does not exist (storage down for it): the task fails on every
+    delivery, its message is never acknowledged and ends in the dead-letter queue, the job stays
+    queued, nothing is lost; the reaper records the failure once it can write."""
+    from daas import tasks
+    from daas.stack import PYTHON
+
+    settings = make_settings(local_aws, tmp_path, visibility_timeout=1)
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        service = Service(stack, stack.start_web())
+        worker = stack.spawn("worker", [PYTHON, "-m", "daas", "worker"], {"DAAS_OUTPUT_BUCKET": f"{settings.stack}-gone"})
+        job = service.submit([("coffee.png", skimage_photo("coffee.png"))]).json()
+        wait_for(lambda: dead_letters(settings) == 1, 90, "the message in the dead-letter queue")
+        assert service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "queued"
+        assert worker.poll() is None
+        assert tasks.reap(settings) == 1
+        image = service.wait_job(job["job_id"], timeout=10)["images"][0]
+        assert image["status"] == "error" and "3 attempts failed" in image["error"]

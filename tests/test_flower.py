@@ -93,7 +93,7 @@ def test_sweeper_removes_what_a_killed_worker_left(local_aws, tmp_path):
         for start in range(0, 30, 10):
             sqs.send_message_batch(QueueUrl=stale, Entries=[{"Id": str(i), "MessageBody": "heartbeat"}
                                                            for i in range(start, start + 10)])
-        removed = tasks.sweep(settings, live_pidboxes=set(), reply_age=0)
+        removed = tasks.sweep(settings, live_pidboxes=set(), reply_age=0, pidbox_age=0)
     assert any(f"worker-{worker.pid}" in name for name in removed)
     assert {reply.rsplit("/", 1)[1], stale.rsplit("/", 1)[1]} <= set(removed)
     assert stack_queues(settings) == {live.rsplit("/", 1)[1]} and subscriptions(settings) == []

@@ -18,8 +18,12 @@ def objects(service, bucket: str, prefix: str) -> dict[str, bytes]:
     return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
 
 
-def test_healthz(service):
-    assert service.http.get(f"{service.url}/healthz").status_code == 200
+def test_healthz_names_the_missing_autoscaler(service):
+    """This stack has a web tier and a worker but no controller or beat: nothing would scale it."""
+    response = service.http.get(f"{service.url}/healthz")
+    assert response.status_code == 503
+    assert "the autoscaler has not ticked yet" in response.json()["error"]
+    assert "beat has sent no tick yet" in response.json()["error"]
 
 
 def test_upload_form_is_served(service):
@@ -164,12 +168,12 @@ def test_a_poison_message_ends_as_an_error_not_an_endless_retry(no_workers):
     assert no_workers.wait_job(stored["job_id"], timeout=10)["images"][0]["error"] == "kept"
     done = no_workers.wait_job(poison["job_id"], timeout=10)
     assert [image["status"] for image in done["images"]] == ["error", "error"]
-    assert all(f"{cfg.max_receives} times" in image["error"] for image in done["images"])
+    assert all(f"{cfg.max_receives} attempts failed" in image["error"] for image in done["images"])
 
 
 def test_a_batched_forward_pass_labels_each_image_and_reports_bad_ones(no_workers):
     """The GPU path (one forward pass for a task's images) run on CPU: same labels, per-image errors."""
-    from daas import worker
+    from daas import pipeline
 
     cfg = no_workers.settings
     photos = [("coffee.png", skimage_photo("coffee.png")), ("cut.jpg", jpeg((400, 400))[:1500]),
@@ -177,7 +181,7 @@ def test_a_batched_forward_pass_labels_each_image_and_reports_bad_ones(no_worker
     group = [[f"img{i}", name] for i, (name, _) in enumerate(photos)]
     for (image_id, name), (_, data) in zip(group, photos):
         storage.put_image(cfg, storage.image_key("batchjob", image_id), data, name)
-    documents = worker.classify_chunk(cfg, "batchjob", group, batch=3)
+    documents = pipeline.classify_chunk(cfg, "batchjob", group, batch=3)
     assert [d["id"] for d in documents] == ["img0", "img1", "img2"]
     assert [d["label"] for d in documents] == ["espresso", None, "tripod"]
     assert "truncated" in documents[1]["error"]

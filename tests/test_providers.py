@@ -6,12 +6,14 @@ would to EC2; the policy `launches` is a pure function, tested from a table.
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
+import time
 import uuid
 
 import pytest
 
-from daas import autoscale, aws, config
+from daas import autoscale, aws, config, fleet
 from daas.providers import ROLE_TAG, STACK_TAG, EC2Provider, make_provider
 from tests.conftest import make_settings
 
@@ -135,9 +137,10 @@ POLICY = [
     pytest.param((30, 0, 0, 3, 10, 0, 20), 0, id="booting workers count: no second wave"),
     pytest.param((30, 0, 1, 1, 10, 0, 20), 1, id="running and booting both count"),
     pytest.param((5, 25, 1, 0, 10, 0, 20), 2, id="in flight counts as backlog"),
-    pytest.param((0, 30, 0, 0, 10, 0, 20), 0,
-                 id="nothing waiting: no launch for messages a dead worker holds until they come back"),
-    pytest.param((0, 30, 1, 0, 10, 2, 20), 1, id="nothing waiting, but the minimum is kept"),
+    pytest.param((0, 1, 0, 0, 1, 0, 20), 1,
+                 id="a killed worker's message in flight gets a worker, ready when it comes back"),
+    pytest.param((0, 3, 3, 0, 1, 0, 20), 0, id="in flight with busy workers: they hold their own backlog"),
+    pytest.param((0, 30, 1, 0, 10, 2, 20), 2, id="in flight counts with nothing waiting; the minimum too"),
     pytest.param((15, 15, 0, 0, 10, 0, 20), 3, id="visible plus in flight"),
     pytest.param((10, 0, 8, 0, 10, 0, 20), 0, id="more workers than needed: never negative"),
     pytest.param((5, 0, 0, 0, 0, 0, 20), 5, id="target 0 treated as 1"),
@@ -176,3 +179,63 @@ def test_scale_measures_the_queue_and_launches_ec2_workers_once(ec2_settings, mo
     finally:
         autoscale.provider.cache_clear()
     assert len(_instances(ec2_settings)) == 9
+
+
+# -- the EC2 lifecycle: launches and ends -------------------------------------------------------------
+def test_launches_ask_for_partial_capacity_idempotently_and_are_remembered(ec2_settings):
+    provider = EC2Provider(ec2_settings)
+    first, second = provider.launch_parameters(5), provider.launch_parameters(5)
+    assert (first["MinCount"], first["MaxCount"]) == (1, 5)  # partial capacity launches what it can
+    assert first["ClientToken"] and first["ClientToken"] != second["ClientToken"]
+    provider.launch(2)
+    # A restarted controller remembers the launches DescribeInstances may not list yet.
+    assert set(json.loads((ec2_settings.state_dir / "ec2-launches.json").read_text())) == {
+        i["InstanceId"] for i in _instances(ec2_settings)}
+    assert sum(EC2Provider(ec2_settings).counts()) == 2
+
+
+def _joined(settings: config.Settings, instance_id: str) -> None:
+    """What a worker on that instance does once it consumes (daas.lifecycle.Heartbeat)."""
+    fleet.beat(settings, fleet.node_name(settings, 1234, instance_id), {"beat": time.time()})
+
+
+def _state(settings: config.Settings, instance_id: str) -> str:
+    return next(i["State"]["Name"] for i in _instances(settings) if i["InstanceId"] == instance_id)
+
+
+def test_instances_that_never_join_or_stop_beating_are_terminated(local_aws, tmp_path, network):
+    from daas import tasks
+
+    settings = make_settings(local_aws, tmp_path, provider="ec2", ec2_join_timeout=1, heartbeat_interval=1, **network)
+    provider = EC2Provider(settings)
+    provider.launch(3)
+    healthy, silent, never = sorted(i["InstanceId"] for i in _instances(settings))
+    _joined(settings, healthy)
+    _joined(settings, silent)
+    time.sleep(1.5)  # past the join timeout: `never` sent no heartbeat
+    _joined(settings, healthy)
+    ended, _ = tasks.end_broken_workers(settings, provider)
+    assert set(ended) == {never} and "never joined" in ended[never]
+    time.sleep(3.2)  # `silent` misses three heartbeats (1 s apart); `healthy` beats on
+    _joined(settings, healthy)
+    ended, live = tasks.end_broken_workers(settings, provider)
+    assert set(ended) == {silent} and "no heartbeat" in ended[silent]
+    assert {_state(settings, i) for i in (never, silent)} <= {"shutting-down", "terminated"}
+    assert _state(settings, healthy) == "running" and provider.counts() == (1, 0)
+    assert live == {fleet.node_name(settings, 1234, healthy)}
+    assert set(fleet.heartbeats(settings)) == live  # the dead ones' records are forgotten
+
+
+def test_an_instance_past_its_lifetime_is_terminated(local_aws, tmp_path, network):
+    from daas import tasks
+
+    settings = make_settings(local_aws, tmp_path, provider="ec2", ec2_join_timeout=1, max_lifetime=1, **network)
+    provider = EC2Provider(settings)
+    provider.launch(1)
+    [instance] = [i["InstanceId"] for i in _instances(settings)]
+    _joined(settings, instance)
+    assert tasks.end_broken_workers(settings, provider)[0] == {}
+    time.sleep(2.1)
+    _joined(settings, instance)  # alive and beating, but too old
+    ended, _ = tasks.end_broken_workers(settings, provider)
+    assert "DAAS_MAX_LIFETIME" in ended[instance]

@@ -48,24 +48,45 @@ def test_user_data_is_a_bash_script_with_the_stack_settings(tmp_path):
     subprocess.run(["bash", "-n", str(tmp_path / "user-data")], check=True)
 
 
-def test_user_data_writes_the_env_file_the_worker_reads(tmp_path):
-    """Run the script with /etc redirected and a fake systemctl: the env file round-trips the settings."""
-    settings = config.Settings(stack="prod", region="eu-west-1", idle_timeout=45, worker_concurrency=2)
+def _run_user_data(tmp_path, settings: config.Settings) -> None:
+    """Run the script with /etc redirected, and fake systemctl, shutdown and instance metadata (curl)."""
     script = _render(settings).replace("/etc/daas", str(tmp_path / "etc"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/systemctl.args\n')
-    (bin_dir / "systemctl").chmod(0o755)
+    fakes = {"systemctl": f'echo "$@" > {tmp_path}/systemctl.args',
+             "shutdown": f'echo "$@" > {tmp_path}/shutdown.args',
+             "curl": 'case "$*" in *api/token*) echo T0KEN ;; *"token: T0KEN"*instance-id*) echo i-0123abcd ;; '
+                     '*) exit 22 ;; esac'}
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
     subprocess.run(["bash", "-c", script], check=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+
+
+def test_user_data_writes_the_env_file_the_worker_reads(tmp_path):
+    """The env file round-trips the settings and names the worker after its instance."""
+    settings = config.Settings(stack="prod", region="eu-west-1", idle_timeout=45, worker_concurrency=2)
+    _run_user_data(tmp_path, settings)
     assert (tmp_path / "systemctl.args").read_text().split() == ["enable", "--now", "daas-worker.service"]
     lines = (tmp_path / "etc" / "worker.env").read_text().splitlines()
     env = dict(line.split("=", 1) for line in lines)
-    assert set(env) == set(providers.WORKER_ENV) | {"DAAS_POWEROFF_COMMAND"}
+    assert set(env) == set(providers.WORKER_ENV) | {"DAAS_POWEROFF_COMMAND", "DAAS_WORKER_HOST"}
     loaded = config.load(env)
     for field in ("region", "stack", "input_bucket", "output_bucket", "queue", "idle_timeout",
-                  "worker_concurrency", "visibility_timeout", "model"):
+                  "worker_concurrency", "visibility_timeout", "model", "heartbeat_interval", "max_lifetime"):
         assert getattr(loaded, field) == getattr(settings, field), field
-    assert loaded.poweroff_command == POWEROFF
+    assert loaded.poweroff_command == POWEROFF and loaded.worker_host == "i-0123abcd"
+
+
+def test_the_instance_powers_itself_off_after_its_lifetime_whatever_happens(tmp_path):
+    """The dead man's switch: retired at DAAS_MAX_LIFETIME, ended by the controller a join timeout
+    later, and powered off by itself a join timeout after that."""
+    settings = config.Settings(max_lifetime=3600, ec2_join_timeout=600)
+    _run_user_data(tmp_path, settings)
+    assert (tmp_path / "shutdown.args").read_text().split() == ["-P", "+80"]
+    (tmp_path / "forever").mkdir()
+    _run_user_data(tmp_path / "forever", config.Settings(max_lifetime=0))
+    assert not (tmp_path / "forever" / "shutdown.args").exists()
 
 
 def test_the_poweroff_command_is_exactly_what_sudoers_allows():
@@ -92,7 +113,11 @@ def test_systemd_unit_runs_the_worker_as_daas():
     assert service["EnvironmentFile"] == "/etc/daas/worker.env"
     assert service["Restart"] == "on-failure"  # an idle exit (0) is not restarted
     assert service["KillSignal"] == "SIGTERM"
-    assert int(service["TimeoutStopSec"]) > config.Settings().visibility_timeout
+    assert int(service["TimeoutStopSec"]) > config.Settings().task_time_limit  # the task in hand ends
+    # It says when it consumes and pings systemd's watchdog; systemd's limit is above the worker's own.
+    assert service["Type"] == "notify" and int(service["WatchdogSec"]) > config.Settings().stall_timeout
+    # A worker that keeps failing powers its instance off instead of billing on for nothing.
+    assert unit["Unit"]["StartLimitAction"] == "poweroff" and int(unit["Unit"]["StartLimitBurst"]) >= 3
     assert "network-online.target" in unit["Unit"]["After"] and "network-online.target" in unit["Unit"]["Wants"]
     assert "NoNewPrivileges" not in service  # it would stop the sudo power-off
     assert unit["Install"]["WantedBy"] == "multi-user.target"  # so that `systemctl enable` works
@@ -167,10 +192,12 @@ EVENTS = {"sqs:CreateQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "sqs:G
 # The exact actions of each policy: granting one more has to be a deliberate change here too.
 ACTIONS = {
     "worker-trust-policy.json": {"sts:AssumeRole"},
-    "worker-policy.json": {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+    "worker-policy.json": {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject",
+                           "sqs:ReceiveMessage", "sqs:DeleteMessage",
                            "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl", "sqs:GetQueueAttributes",
                            "sqs:SendMessage", "sqs:ListQueues", *EVENTS},
-    "controller-policy.json": {"ec2:RunInstances", "ec2:CreateTags", "ec2:DescribeInstances", "iam:PassRole",
+    "controller-policy.json": {"ec2:RunInstances", "ec2:CreateTags", "ec2:DescribeInstances", "ec2:TerminateInstances",
+                               "iam:PassRole", "s3:DeleteObject",
                                "sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:ReceiveMessage",
                                "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:ListQueues",
                                "sqs:CreateQueue", "s3:CreateBucket", "s3:ListBucket", "s3:PutObject",
@@ -210,11 +237,12 @@ def _without_events(grants: set[tuple[str, str]]) -> set[tuple[str, str]]:
 def test_worker_reads_inputs_and_results_writes_only_results_and_consumes_only_the_classify_queue():
     classify = "arn:aws:sqs:${Region}:${Account}:daas-classify"
     assert _without_events(_grants("worker-policy.json")) == {
+        ("sqs:SendMessage", "arn:aws:sqs:${Region}:${Account}:daas-replies-*"),  # results pushed to the web tier
         ("s3:GetObject", "arn:aws:s3:::daas-input/*"), ("s3:PutObject", "arn:aws:s3:::daas-output/*"),
         ("s3:GetObject", "arn:aws:s3:::daas-output/*"), ("s3:ListBucket", "arn:aws:s3:::daas-output"),
-        ("sqs:ListQueues", "*"),
+        ("s3:DeleteObject", "arn:aws:s3:::daas-output/workers/*"), ("sqs:ListQueues", "*"),
         *{(action, classify) for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
-                                            "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage")}}
+                                            "sqs:GetQueueUrl", "sqs:GetQueueAttributes")}}
 
 
 def test_controller_launches_only_tagged_workers_and_passes_only_the_worker_role():
@@ -228,6 +256,13 @@ def test_controller_launches_only_tagged_workers_and_passes_only_the_worker_role
     for statement in run:
         if "Condition" not in statement:
             assert all(re.search(r":(subnet|security-group|network-interface)/", r) for r in statement["Resource"])
+    # It ends only this stack's workers (instances that never joined, stopped beating or are too old).
+    terminate = [s for s in statements.values() if s["Action"] == "ec2:TerminateInstances"]
+    assert [s["Condition"] for s in terminate] == [
+        {"StringEquals": {"ec2:ResourceTag/daas:role": "worker", "ec2:ResourceTag/daas:stack": "daas"}}]
+    assert [s["Resource"] for s in terminate] == ["arn:aws:ec2:${Region}:${Account}:instance/*"]
+    deletes = {r for s in statements.values() if "s3:DeleteObject" in _listed(s["Action"]) for r in _listed(s["Resource"])}
+    assert deletes == {"arn:aws:s3:::daas-output/workers/*"}  # heartbeat records only, never images or results
     tags = [s for s in statements.values() if s["Action"] == "ec2:CreateTags"]
     assert [s["Condition"] for s in tags] == [{"StringEquals": {"ec2:CreateAction": "RunInstances"}}]
     passes = [s for s in statements.values() if s["Action"] == "iam:PassRole"]
@@ -235,7 +270,8 @@ def test_controller_launches_only_tagged_workers_and_passes_only_the_worker_role
     # It reaps the dead-letter queue but never consumes the classify queue (that is the workers' job).
     for action, resource in _without_events(_grants("controller-policy.json")):
         if action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"):
-            assert resource.rsplit(":", 1)[1] in ("daas-control", "daas-classify-dlq")
+            # daas-replies-*: each web process's own reply queue (daas.replies)
+            assert resource.rsplit(":", 1)[1] in ("daas-control", "daas-classify-dlq", "daas-replies-*")
 
 
 # -- the policies against the calls the real processes make -----------------------------------------
@@ -256,11 +292,15 @@ def _call(entry: dict) -> tuple[str, str, str]:
 
     if "x-amz-target" in headers:  # JSON protocol (SQS)
         action, params = headers["x-amz-target"].split(".", 1)[1], json.loads(body or b"{}")
+        action = action.removesuffix("Batch")  # IAM authorises DeleteMessageBatch as DeleteMessage, etc.
         return key, f"{service}:{action}", queue_arn(params.get("QueueUrl") or params.get("QueueName"))
     if service != "s3":  # query protocol (EC2, SNS, IAM)
         query = {k: v[0] for k, v in parse_qs(url.query + "&" + body.decode("latin1")).items()}
-        topic = query.get("Name") and f"arn:aws:sns:{config.Settings().region}:{MOTO_ACCOUNT}:{query['Name']}"
-        resource = query.get("TopicArn") or query.get("SubscriptionArn") or topic or queue_arn(query.get("QueueUrl"))
+        region = config.Settings().region
+        topic = query.get("Name") and f"arn:aws:sns:{region}:{MOTO_ACCOUNT}:{query['Name']}"
+        instance = query.get("InstanceId.1") and f"arn:aws:ec2:{region}:{MOTO_ACCOUNT}:instance/{query['InstanceId.1']}"
+        resource = (query.get("TopicArn") or query.get("SubscriptionArn") or topic or instance
+                    or queue_arn(query.get("QueueUrl")))
         return key, f"{service}:{query['Action']}", resource
     bucket, _, object_key = unquote(url.path).lstrip("/").partition("/")  # S3, path-style
     if not object_key:
@@ -317,14 +357,15 @@ def _allows(policy: dict, action: str, resource: str) -> bool:
 def recorded_calls(tmp_path_factory) -> dict[str, set[tuple[str, str]]]:
     """Run web tier, controller (EC2 provider), beat and a worker of the default stack `daas` on their
     own recording endpoint, each process with its own access key; return {role: {(action, resource)}}.
-    Covers: init, upload, enqueue, autoscale (RunInstances), classify, a retried then failed image
-    (its upload deleted), job status, the dead-letter reaper."""
+    Covers: init, upload, enqueue, autoscale (RunInstances), classify, an image whose upload was
+    deleted, job status, the dead-letter reaper, housekeeping (TerminateInstances), heartbeats."""
     tmp = tmp_path_factory.mktemp("audit")
     recording = tmp / "recording.jsonl"
     saved = {k: os.environ.get(k) for k in ("MOTO_ENABLE_RECORDING", "MOTO_RECORDER_FILEPATH")}
     os.environ.update(MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(recording))
     settings = config.Settings(aws_port=free_port(), web_port=free_port(), flower_port=free_port(), state_dir=tmp,
-                               scale_interval=1, idle_timeout=0, provider="ec2")
+                               scale_interval=1, idle_timeout=0, provider="ec2", sweep_interval=2,
+                               heartbeat_interval=1, ec2_join_timeout=1)
     stack = Stack(settings, log_dir=tmp / "logs")
     keys = {role: f"AKIA{role.upper()}" for role in ("controller", "worker")}
     env = {role: {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": "x"} for role, key in keys.items()}
@@ -362,9 +403,14 @@ def recorded_calls(tmp_path_factory) -> dict[str, set[tuple[str, str]]]:
             while requests.get(f"{url}/api/jobs/{job['job_id']}", timeout=30).json()["status"] != "done":
                 assert time.monotonic() < deadline, "the audit jobs did not finish"
                 time.sleep(0.2)
-        # The dead-letter reaper ticks every 10 s: let it run once.
+        # The dead-letter reaper ticks every 10 s, housekeeping every 2 s: let each run once.
         dlq = ("sqs:ReceiveMessage", f"arn:aws:sqs:{admin.region}:{MOTO_ACCOUNT}:{admin.dead_letter_queue}")
-        while time.monotonic() < deadline and dlq not in _recorded(recording, keys)["controller"]:
+
+        def seen() -> set[str]:
+            calls = _recorded(recording, keys)["controller"]
+            return {action for action, _ in calls} | ({"reaped"} if dlq in calls else set())
+
+        while time.monotonic() < deadline and not {"reaped", "ec2:TerminateInstances"} <= seen():
             time.sleep(0.5)
     finally:
         stack.stop()
@@ -390,7 +436,8 @@ def test_policy_allows_the_events_and_remote_control_calls(recorded_calls, role)
 def test_the_audit_saw_the_paths_that_matter(recorded_calls):
     """Guards the audit itself: had a process not run, 'everything allowed' would mean nothing."""
     actions = {role: {action for action, _ in calls} for role, calls in recorded_calls.items()}
-    assert {"s3:GetObject", "s3:PutObject", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ListQueues",
-            "sqs:SendMessage"} <= actions["worker"]  # SendMessage: the retried image
-    assert {"ec2:RunInstances", "ec2:DescribeInstances", "sqs:SendMessage", "sqs:CreateQueue", "s3:CreateBucket",
-            "s3:PutObject", "s3:ListBucket"} <= actions["controller"]
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+            "sqs:ListQueues"} <= actions["worker"]  # DeleteObject: its heartbeat record, at exit
+    # TerminateInstances: the launched instances never join (nothing boots on the local endpoint).
+    assert {"ec2:RunInstances", "ec2:DescribeInstances", "ec2:TerminateInstances", "sqs:SendMessage",
+            "sqs:CreateQueue", "s3:CreateBucket", "s3:PutObject", "s3:ListBucket"} <= actions["controller"]

@@ -1,0 +1,96 @@
+"""The controller's view of its workers: heartbeat records, and which workers must end.
+
+Each worker process writes a heartbeat record, `workers/<node>` in the output bucket, when it starts
+consuming and every DAAS_HEARTBEAT_INTERVAL seconds while it makes progress (daas.lifecycle), and
+deletes it when it exits cleanly. A node name is `<stack>-worker-<pid>@<host>`; on EC2 the host part
+is the instance id, so a record names its instance. The controller lists the records once per
+housekeeping run (one LIST per 1000 workers) and reads ages from their LastModified time:
+
+- a worker whose provider says it is gone (its pid, its instance) is dead at once;
+- a worker that missed MISSED_HEARTBEATS heartbeats is dead (stalled, hung, cut off);
+- a worker that never sent one within DAAS_EC2_JOIN_TIMEOUT of its launch never joined;
+- a worker older than DAAS_MAX_LIFETIME plus that grace outlived its lifetime (it retires itself
+  at DAAS_MAX_LIFETIME; this is the backstop).
+
+No ping: a solo worker busy on a long task cannot answer one (the old sweeper deleted such a
+worker's pidbox queue, and the worker died of it).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+
+from daas.aws import client
+from daas.config import Settings
+
+PREFIX = "workers/"
+_NODE = re.compile(r"^(?P<stack>.+)-worker-(?P<pid>\d+)@(?P<host>.+)$")
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A worker as its provider sees it: a local process (id: its pid) or an instance (its id)."""
+
+    id: str
+    launched: float  # epoch seconds
+
+
+def node_name(settings: Settings, pid: int, host: str) -> str:
+    return f"{settings.stack}-worker-{pid}@{host}"
+
+
+def parse_node(node: str) -> tuple[int, str] | None:
+    """(pid, host) of a worker's node name; None for any other name."""
+    match = _NODE.match(node)
+    return (int(match["pid"]), match["host"]) if match else None
+
+
+def beat(settings: Settings, node: str, record: dict) -> None:
+    client("s3", settings).put_object(Bucket=settings.output_bucket, Key=PREFIX + node,
+                                      Body=json.dumps(record).encode(), ContentType="application/json")
+
+
+def forget(settings: Settings, node: str) -> None:
+    client("s3", settings).delete_object(Bucket=settings.output_bucket, Key=PREFIX + node)
+
+
+def heartbeats(settings: Settings) -> dict[str, float]:
+    """{node: epoch seconds of its latest heartbeat} for every worker record of the stack."""
+    pages = client("s3", settings).get_paginator("list_objects_v2").paginate(
+        Bucket=settings.output_bucket, Prefix=PREFIX)
+    return {obj["Key"][len(PREFIX):]: obj["LastModified"].timestamp()
+            for page in pages for obj in page.get("Contents", [])}
+
+
+def verdicts(workers: list[Worker], beats: dict[str, float], now: float, *, join_timeout: float,
+             stale_after: float, max_lifetime: float) -> dict[str, str]:
+    """{worker id: why it must end} for the provider's workers that are broken or too old.
+
+    `beats` maps worker ids to their latest heartbeat (see `Provider.worker_id`)."""
+    ended = {}
+    for worker in workers:
+        age, last = now - worker.launched, beats.get(worker.id)
+        if last is None and age > join_timeout:
+            ended[worker.id] = f"sent no heartbeat within {join_timeout:.0f} s of its launch (never joined)"
+        elif last is not None and now - last > stale_after:
+            ended[worker.id] = f"sent no heartbeat for {now - last:.0f} s (the limit is {stale_after:.0f} s)"
+        elif max_lifetime and age > max_lifetime + join_timeout:
+            ended[worker.id] = f"has run for {age / 3600:.1f} h, past DAAS_MAX_LIFETIME"
+    return ended
+
+
+def latest_by_worker(beats: dict[str, float], worker_id) -> dict[str, float]:
+    """Heartbeats keyed by worker id instead of node (a worker may run several processes)."""
+    latest: dict[str, float] = {}
+    for node, at in beats.items():
+        parsed = parse_node(node)
+        key = worker_id(*parsed) if parsed else None
+        if key is not None:
+            latest[key] = max(at, latest.get(key, 0.0))
+    return latest
+
+
+def is_fresh(at: float, settings: Settings, now: float | None = None) -> bool:
+    return (now if now is not None else time.time()) - at <= settings.stale_after

@@ -1,0 +1,99 @@
+"""What a worker does with a chunk of images: fetch them, decode them, classify them.
+
+Every image gets a result document: its label, or an error a person can read (a damaged file, an
+upload no longer in the input bucket). Only a failure of the whole chunk (storage unreachable, a bug
+in the model) raises, and the task then leaves its message to SQS (see daas.tasks.classify).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+from botocore.exceptions import ClientError
+
+from daas import config, images, results, storage
+
+log = logging.getLogger(__name__)
+_classifier = None
+
+
+def classifier():
+    """The process's model, loaded on first use (normally at process start, see daas.lifecycle)."""
+    global _classifier
+    if _classifier is None:
+        from daas.model import Classifier, configure_process
+
+        cfg = config.load()
+        configure_process(cfg.torch_threads)
+        started = time.perf_counter()
+        _classifier = Classifier(cfg.model, cfg.model_weights, cfg.device)
+        log.info("loaded %s on %s in %.2f s", cfg.model, _classifier.device, time.perf_counter() - started)
+    return _classifier
+
+
+class ImageGone(Exception):
+    """The uploaded image is not in the input bucket (deleted, or expired by a lifecycle rule)."""
+
+
+def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]], batch: int = 0) -> list[dict]:
+    """The result document of each image of a chunk ([image_id, name] pairs), in order.
+
+    The chunk's images are fetched first, back to back, then decoded and classified `batch` at a
+    time: by default one at a time on CPU (measured: batch 1 is the fastest per image there), and
+    the whole chunk in one forward pass on a GPU, where batching pays. Back to back, an S3 GET cost
+    a worker 2.1 ms of CPU, against 2.4-2.5 ms between two forward passes (botocore's code stays in
+    the CPU's caches).
+    """
+    fetched = [fetch(cfg, job_id, image_id) for image_id, _ in chunk]
+    batch = batch or (len(chunk) if classifier().device.type == "cuda" else 1)
+    return [result for start in range(0, len(chunk), batch)
+            for result in classify_batch(cfg, job_id, chunk[start:start + batch], fetched[start:start + batch])]
+
+
+def fetch(cfg: config.Settings, job_id: str, image_id: str) -> tuple[bytes | ImageGone, float]:
+    """An uploaded image's bytes (or ImageGone), and the milliseconds it took to get them."""
+    started = time.perf_counter()
+    try:
+        data = storage.get_image(cfg, storage.image_key(job_id, image_id))
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("NoSuchKey", "404"):
+            raise  # storage trouble: the whole chunk is tried again
+        data = ImageGone("the uploaded image is no longer in the input bucket; please upload it again")
+    return data, (time.perf_counter() - started) * 1000
+
+
+def decode(cfg: config.Settings, data: bytes | ImageGone):
+    """The decoded image, or the message of why it cannot be classified."""
+    if isinstance(data, ImageGone):
+        return str(data)
+    try:
+        return images.decode(data, cfg.max_image_pixels, draft_size=images.WORKER_DRAFT_SIZE)
+    except images.BadImage as exc:
+        return str(exc)
+    except Exception as exc:  # a file that trips the decoder itself: that image fails, not the chunk
+        log.warning("decoding an image failed unexpectedly: %r", exc)
+        return f"the image could not be decoded ({type(exc).__name__}); is it a valid image file?"
+
+
+def classify_batch(cfg: config.Settings, job_id: str, batch: list[list[str]],
+                   fetched: list[tuple[bytes | ImageGone, float]]) -> list[dict]:
+    """Decode each fetched image and classify the decodable ones in one forward pass: a result for
+    each (an error result for bad input). Each result carries its own fetch and decode times and
+    its share of the forward pass."""
+    model, documents, decoded = classifier(), {}, []  # decoded: (image_id, name, image, timings)
+    for (image_id, name), (data, fetch_ms) in zip(batch, fetched):
+        started = time.perf_counter()
+        image = decode(cfg, data)
+        if isinstance(image, str):
+            documents[image_id] = results.error(job_id, image_id, name, image)
+            continue
+        decoded.append((image_id, name, image, {"fetch": fetch_ms, "decode": (time.perf_counter() - started) * 1000}))
+    if decoded:
+        started = time.perf_counter()
+        predictions = model.classify([image for _, _, image, _ in decoded])
+        share = (time.perf_counter() - started) * 1000 / len(decoded)
+        for (image_id, name, _, timings), prediction in zip(decoded, predictions):
+            documents[image_id] = results.done(job_id, image_id, name, prediction, model.name,
+                                               socket.gethostname(), {**timings, "forward": share})
+    return [documents[image_id] for image_id, _ in batch]

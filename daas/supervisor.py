@@ -1,0 +1,102 @@
+"""What `daas up` does while the stack runs: it supervises its processes as systemd does on AWS.
+
+Every half second it restarts a process that exited (a crash loop stops `up`), and it restarts a
+process that stopped making progress though it is still alive:
+
+- the controller or beat, when the autoscaler has not ticked for 3 intervals (daas.health names
+  which of the two is at fault);
+- the web tier or Flower, when they have not answered an HTTP probe PROBE_FAILURES times in a row.
+
+Workers are not its children: each one's watchdog ends it when it stalls, and the controller ends
+those that stop beating (daas.fleet). It also keeps the logs from growing without bound.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from daas import health
+from daas.stack import Stack
+
+log = logging.getLogger(__name__)
+PROBE_EVERY, PROBE_TIMEOUT, PROBE_FAILURES = 5.0, 5.0, 3
+STARTUP_GRACE = 30.0       # seconds a (re)started process gets before it must show progress
+LOG_ROTATE_BYTES = 64 * 1024 * 1024
+LOG_CHECK_EVERY = 60.0
+
+
+class Supervisor:
+    def __init__(self, stack: Stack, probes: dict[str, str]):
+        """`probes`: {process name: URL that answers while it is alive}."""
+        self.stack, self.probes = stack, probes
+        self.failures = dict.fromkeys(probes, 0)
+        self.started = dict.fromkeys(stack.processes, time.monotonic())
+        self.next_probe = self.next_log_check = 0.0
+
+    def step(self) -> list[str]:
+        """One round: what it did, as sentences (empty when all is well)."""
+        restarted = self.stack.restart_exited()
+        for name, _ in restarted:
+            self.started[name] = time.monotonic()
+        done = [f"{name} exited with code {code}; restarted it (see its log)" for name, code in restarted]
+        done += self.restart_stalled()
+        if time.monotonic() >= self.next_log_check:
+            self.next_log_check = time.monotonic() + LOG_CHECK_EVERY
+            rotate_logs(self.stack.log_dir)
+        return done
+
+    def restart_stalled(self) -> list[str]:
+        stalled = []
+        fault = health.problem(self.stack.settings)
+        if fault and fault[0] in self.stack.processes and self.past_grace(fault[0]):
+            stalled.append((fault[0], fault[1]))
+        if time.monotonic() >= self.next_probe:
+            self.next_probe = time.monotonic() + PROBE_EVERY
+            for name, url in self.probes.items():
+                self.failures[name] = 0 if answers(url) else self.failures[name] + 1
+                if self.failures[name] >= PROBE_FAILURES and self.past_grace(name):
+                    stalled.append((name, f"it did not answer {url} {PROBE_FAILURES} times in a row"))
+        for name, why in stalled:
+            self.kill(name)
+        return [f"{name} stalled ({why}); restarting it" for name, why in stalled]
+
+    def past_grace(self, name: str) -> bool:
+        return time.monotonic() - self.started.get(name, 0.0) > STARTUP_GRACE
+
+    def kill(self, name: str) -> None:
+        """SIGKILL (a stopped or hung process takes nothing else); the next round restarts it."""
+        process = self.stack.processes[name]
+        try:
+            os.kill(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+        self.failures[name] = 0
+        self.stack.restart_exited()
+        self.started[name] = time.monotonic()
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers at `url` (any status: a 503 is a live server saying no)."""
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def rotate_logs(log_dir: Path | None, limit: int = LOG_ROTATE_BYTES) -> None:
+    """Copy a log past `limit` to `<name>.1` and empty it in place: its writers keep their open,
+    append-mode file and write on at its new end."""
+    for path in (log_dir.glob("*.log") if log_dir else ()):
+        if path.stat().st_size > limit:
+            shutil.copyfile(path, path.with_name(path.name + ".1"))
+            os.truncate(path, 0)
