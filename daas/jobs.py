@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import IO
 
-from daas import results, storage
+from daas import replies, results, storage
 from daas.config import Settings
 from daas.images import BadImage, check_upload
 
 
 @dataclass
 class Upload:
+    """One uploaded file: its name as sent, and its bytes (in memory, or a spooled file the web
+    tier's form parser wrote: a request is never held in memory whole)."""
+
     name: str
-    data: bytes
+    data: bytes | IO[bytes]
 
 
 class Rejected(Exception):
@@ -45,16 +47,13 @@ def display_name(raw: str | None) -> str:
     return name or "image"
 
 
-def submit(settings: Settings, uploads: list[Upload]) -> dict:
-    """Store and enqueue the images of one request. Images failing the edge checks get an error
-    result at once, unless all fail: then the request is rejected with the reasons."""
-    from daas.tasks import classify
-
+def check(settings: Settings, uploads: list[Upload]) -> tuple[list, list]:
+    """The edge checks of a request's files: (accepted [(image, data)], rejected [(image, BadImage)]),
+    each image a new {"id", "name"}; every file bad: Rejected, with the reasons."""
     if not uploads:
         raise Rejected("no images: send one or more files in the form field 'images'")
     if len(uploads) > settings.max_files:
         raise Rejected(f"{len(uploads)} files in one request; the limit is {settings.max_files}", 413)
-    job_id = new_id()
     accepted, rejected = [], []
     for upload in uploads:
         image = {"id": new_id(), "name": display_name(upload.name)}
@@ -67,7 +66,22 @@ def submit(settings: Settings, uploads: list[Upload]) -> dict:
         statuses = {exc.status for _, exc in rejected}
         reasons = "; ".join(f"{image['name']}: {exc}" for image, exc in rejected)
         raise Rejected(reasons, statuses.pop() if len(statuses) == 1 else 400)
+    return accepted, rejected
 
+
+def submit(settings: Settings, uploads: list[Upload]) -> dict:
+    """Store and enqueue the images of one request. Images failing the edge checks get an error
+    result at once, unless all fail: then the request is rejected with the reasons."""
+    job, _ = enqueue(settings, *check(settings, uploads))
+    return job
+
+
+def enqueue(settings: Settings, accepted: list, rejected: list = ()) -> tuple[dict, dict[str, str]]:
+    """Store checked images as one job and enqueue them in chunks: (the job, {image id: the
+    results key of its chunk})."""
+    from daas.tasks import classify
+
+    job_id = new_id()
     images = [image for image, _ in accepted] + [image for image, _ in rejected]
     writes = [lambda: storage.put_manifest(settings, {"job_id": job_id, "created": time.time(), "images": images})]
     if rejected:
@@ -77,10 +91,13 @@ def submit(settings: Settings, uploads: list[Upload]) -> dict:
                for image, data in accepted]
     for future in [_uploads.submit(write) for write in writes]:  # in parallel; re-raises any failure
         future.result()
+    reply_to, keys = replies.for_settings(settings).queue_url(), {}
     for chunk in chunks([[image["id"], image["name"]] for image, _ in accepted], settings.images_per_task):
-        classify.apply_async((job_id, chunk), queue=settings.queue)  # only once its images are stored
+        # Only once its images are stored; the worker sends the results back to this process too.
+        classify.apply_async((job_id, chunk), {"reply_to": reply_to}, queue=settings.queue)
+        keys.update(dict.fromkeys((image_id for image_id, _ in chunk), storage.results_key(job_id, chunk[0][0])))
     nudge_autoscaler(settings)
-    return {"job_id": job_id, "images": images}
+    return {"job_id": job_id, "images": images}, keys
 
 
 def chunks(items: list, most: int) -> list[list]:
@@ -112,24 +129,7 @@ def nudge_autoscaler(settings: Settings) -> None:
     scale.apply_async(queue=settings.control_queue, expires=settings.scale_interval)
 
 
-class _ResultCache:
-    """Manifests and result lists never change, so each web process keeps the recent ones."""
-
-    def __init__(self, size: int = 10_000):
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
-
-    def get_many(self, keys: list[str]) -> dict:
-        with self.lock:
-            return {key: self.items[key] for key in keys if key in self.items}
-
-    def put_many(self, found: dict) -> None:
-        with self.lock:
-            self.items.update(found)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-
-
-_cache = _ResultCache()
+_cache = replies.cache
 
 
 def status(settings: Settings, job_id: str) -> dict | None:
@@ -152,9 +152,17 @@ def status(settings: Settings, job_id: str) -> dict | None:
     return {"job_id": job_id, "status": state, "finished": done, "total": len(images), "images": images}
 
 
-def classify_one(settings: Settings, upload: Upload) -> tuple[dict, dict | None]:
-    """Submit one image and wait for its result (None on timeout): the synchronous contract."""
-    job = submit(settings, [upload])
-    image = job["images"][0]
-    result = storage.wait_for_result(settings, job["job_id"], image["id"], settings.result_timeout)
-    return job, result
+def classify_one(settings: Settings, upload: Upload, client: str = "") -> tuple[str, dict, dict | None]:
+    """Classify one image and wait for its result: (its job id, the image, its result or None on
+    timeout), the synchronous contract. Concurrent requests of one client share jobs and tasks
+    (daas.coalesce); the result is pushed to this process (daas.replies), the output bucket is
+    only the fallback."""
+    from daas.coalesce import for_settings as coalescer
+
+    accepted, _ = check(settings, [upload])
+    job_id, key = coalescer(settings).enqueue(client, accepted[0])
+    image = accepted[0][0]
+    found = replies.for_settings(settings).wait(key, lambda: storage.get_results(settings, key),
+                                                settings.result_timeout)
+    result = next((r for r in found or [] if r["id"] == image["id"]), None)
+    return job_id, image, result

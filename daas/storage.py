@@ -11,8 +11,8 @@ Celery's own result backend is not used.
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import IO
 
 from daas.aws import client
 from daas.config import Settings
@@ -32,7 +32,10 @@ def manifest_key(job_id: str) -> str:
     return f"jobs/{job_id}.json"
 
 
-def put_image(settings: Settings, key: str, data: bytes, name: str) -> None:
+def put_image(settings: Settings, key: str, data: bytes | IO[bytes], name: str) -> None:
+    """Store an uploaded image; a file is streamed from its start, never read into memory whole."""
+    if not isinstance(data, bytes):
+        data.seek(0)
     # The user's file name travels as metadata only; S3 metadata must be ASCII.
     client("s3", settings).put_object(Bucket=settings.input_bucket, Key=key, Body=data,
                                       Metadata={"name": name.encode("ascii", "backslashreplace").decode()})
@@ -91,21 +94,3 @@ def get_many_results(settings: Settings, keys: list[str]) -> dict[str, list[dict
     with ThreadPoolExecutor(max_workers=16) as pool:
         found = zip(keys, pool.map(lambda key: get_results(settings, key), keys))
         return {key: results for key, results in found if results is not None}
-
-
-def wait_for_result(settings: Settings, job_id: str, image_id: str, timeout: float) -> dict | None:
-    """Poll the output bucket until the result of an image sent alone (a chunk of one) appears;
-    None after `timeout` seconds.
-
-    Every 10 ms for the first half second (a warm worker answers in tens of milliseconds), then
-    backing off to 200 ms, so that a long wait costs at most 5 GET requests a second.
-    """
-    started = time.monotonic()
-    deadline, delay = started + timeout, 0.01
-    while True:
-        results = get_results(settings, results_key(job_id, image_id))
-        if results is not None or time.monotonic() >= deadline:
-            return results[0] if results else None
-        time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-        if time.monotonic() - started > 0.5:
-            delay = min(delay * 1.5, 0.2)

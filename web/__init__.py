@@ -14,8 +14,9 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 50
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
 
-    from web import ops, views
+    from web import auth, ops, views
 
+    auth.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(ops.bp)
 

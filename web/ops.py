@@ -7,21 +7,13 @@ import time
 import requests
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 
-from daas import autoscale, timeline
-from daas.providers import make_provider
+from daas import health, timeline
 
 bp = Blueprint("ops", __name__)
 
 
 def _settings():
     return current_app.config["DAAS_SETTINGS"]
-
-
-def _provider():
-    # One provider per app, built on first use (not on every request).
-    if "daas_provider" not in current_app.extensions:
-        current_app.extensions["daas_provider"] = make_provider(_settings())
-    return current_app.extensions["daas_provider"]
 
 
 def flower_url() -> str:
@@ -53,9 +45,13 @@ def images_per_minute(minutes: int = 5) -> list[int] | None:
 
 @bp.get("/api/status")
 def status():
-    """Queue depth and worker counts (the autoscaler's own measurements), and throughput."""
-    return jsonify({**autoscale.measure(_settings(), _provider()),
-                    "images_per_minute": images_per_minute(), "flower_url": flower_url()})
+    """Queue depth and worker counts as the autoscaler measured them at its latest tick (no AWS
+    call per request), and throughput."""
+    tick = health.read(_settings().state_dir, health.TICK)
+    if tick is None:
+        return jsonify(error="no autoscaler tick recorded yet: is the controller running?"), 503
+    return jsonify({"queue": tick["queue"], "workers": tick["workers"], "provider": tick["provider"],
+                    "measured_at": tick["t"], "images_per_minute": images_per_minute(), "flower_url": flower_url()})
 
 
 @bp.get("/ops/timeline")

@@ -6,7 +6,8 @@ from pathlib import PurePath
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
-from daas import aws, jobs
+from daas import aws, health, jobs
+from web import auth
 from daas.config import Settings
 
 bp = Blueprint("service", __name__)
@@ -17,9 +18,11 @@ def settings() -> Settings:
 
 
 def read_uploads(field: str) -> list[jobs.Upload]:
-    # Read one byte past the limit: enough to tell an oversized file without reading all of it.
-    limit = settings().max_image_bytes + 1
-    return [jobs.Upload(f.filename or "", f.read(limit)) for f in request.files.getlist(field)]
+    """The request's files, counted against the caller's rate limit. Werkzeug's form parser spools
+    a large request to temporary files; each is streamed on to S3 from there."""
+    uploads = [jobs.Upload(f.filename or "", f.stream) for f in request.files.getlist(field)]
+    auth.spend(len(uploads))
+    return uploads
 
 
 def json_error(message: str, status: int):
@@ -28,7 +31,8 @@ def json_error(message: str, status: int):
 
 @bp.get("/")
 def index():
-    return render_template("index.html", max_mb=settings().max_image_bytes // (1024 * 1024))
+    return render_template("index.html", max_mb=settings().max_image_bytes // (1024 * 1024),
+                           keys_required=bool(settings().api_key_set))
 
 
 _healthy_until = 0.0
@@ -36,11 +40,15 @@ _healthy_until = 0.0
 
 @bp.get("/healthz")
 def healthz():
-    """200 once the buckets and the queue exist and answer (checked at most every 10 s)."""
+    """200 while the service can classify: the buckets and the queue answer (checked at most every
+    10 s) and the autoscaler ticks; else 503 naming the cause."""
     global _healthy_until
+    cfg = settings()
+    stalled = health.problem(cfg)
+    if stalled:
+        return json_error(f"unhealthy: {stalled[1]}", 503)
     if time.monotonic() < _healthy_until:
         return jsonify(ok=True)
-    cfg = settings()
     try:
         s3 = aws.client("s3", cfg)
         for bucket in (cfg.input_bucket, cfg.output_bucket):
@@ -79,13 +87,13 @@ def classify_sync():
     if len(uploads) != 1:
         return text("send exactly one file in the form field 'myfile'", 400)
     try:
-        job, result = jobs.classify_one(settings(), uploads[0])
+        job_id, image, result = jobs.classify_one(settings(), uploads[0], auth.client_id())
     except jobs.Rejected as exc:
         return text(f"{jobs.display_name(uploads[0].name)}: {exc}", exc.status)
-    stem = PurePath(job["images"][0]["name"]).stem
+    stem = PurePath(image["name"]).stem
     if result is None:
         return text(f"{stem}: no result within {settings().result_timeout:.0f} s; the image stays queued "
-                    f"and its result will appear at /api/jobs/{job['job_id']}", 504)
+                    f"and its result will appear at /api/jobs/{job_id} (image {image['id']})", 504)
     if result["status"] == "error":
         return text(f"{stem}: {result['error']}", 422)
     return text(f"{stem}:{result['label']}", 200)

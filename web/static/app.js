@@ -61,7 +61,7 @@
   async function poll(jobId) {
     let delay = 200;
     for (;;) {
-      const response = await fetch("/api/jobs/" + jobId);
+      const response = await daasAuth("/api/jobs/" + jobId);
       if (!response.ok) {
         message.textContent = "Lost track of the job: HTTP " + response.status;
         return;
@@ -84,7 +84,7 @@
     files.forEach((file) => data.append("images", file, file.name));
     let response;
     try {
-      response = await fetch("/api/jobs", { method: "POST", body: data });
+      response = await daasAuth("/api/jobs", { method: "POST", body: data });
     } catch (error) {
       message.textContent = "Upload failed: " + error;
       return;
@@ -107,7 +107,7 @@
   const set = (id, value) => { document.getElementById(id).textContent = value; };
   async function refresh() {
     try {
-      const status = await (await fetch("/api/status")).json();
+      const status = await (await daasAuth("/api/status")).json();
       set("st-visible", status.queue.visible);
       set("st-in-flight", status.queue.in_flight);
       set("st-running", status.workers.running);

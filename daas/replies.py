@@ -1,0 +1,170 @@
+"""Results pushed to the web tier, not polled: each web process's reply queue, and its result cache.
+
+Every web process owns one SQS queue, `<stack>-replies-<uuid>`, and one thread that long-polls it.
+A task it enqueues names that queue (`reply_to`); the worker that finishes the task sends the
+chunk's results there as well as storing them in the output bucket (daas.tasks.classify). The
+thread puts them in this process's cache and wakes the requests waiting for them: a waiting
+`POST /classify` answers as soon as its label exists, and a job's status reads its results from
+the cache. That is one SendMessage per chunk and a share of a batched receive and delete, where
+polling the bucket cost about 38 GETs per image (issue 12). The output bucket stays the result
+store: a waiter that has heard nothing for FALLBACK_EVERY seconds looks there itself.
+
+A reply queue lives as long as its process: deleted at exit, and, if the process was killed, swept
+by the controller's housekeeping once its attributes have not been refreshed (every REFRESH_EVERY
+seconds by the thread) for three periods.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+
+from daas.aws import client
+from daas.config import Settings
+
+log = logging.getLogger(__name__)
+FALLBACK_EVERY = 2.0      # seconds a waiter trusts the reply queue before it also reads the bucket
+REFRESH_EVERY = 300.0     # seconds between the listener's proofs of life on its queue
+LONG_POLL = 20
+
+
+class ResultCache:
+    """Result lists (and manifests) never change once written: each web process keeps the recent ones."""
+
+    def __init__(self, size: int = 10_000):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get_many(self, keys: list[str]) -> dict:
+        with self.lock:
+            return {key: self.items[key] for key in keys if key in self.items}
+
+    def put_many(self, found: dict) -> None:
+        with self.lock:
+            self.items.update(found)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+cache = ResultCache()
+
+
+def queue_name(settings: Settings) -> str:
+    return f"{settings.stack}-replies-{uuid.uuid4().hex}"
+
+
+def reply_message(key: str, results: list[dict]) -> str:
+    return json.dumps({"key": key, "results": results})
+
+
+class Replies:
+    """This process's reply queue and its listener thread, started on first use (after a fork,
+    a process starts its own)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.waiters: dict[str, threading.Event] = {}
+        self.pid, self.url = None, None
+
+    def queue_url(self) -> str:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.pid, self.url, self.waiters = os.getpid(), self._create(), {}
+                threading.Thread(target=self._listen, name="daas-replies", daemon=True).start()
+            return self.url
+
+    def _create(self) -> str:
+        url = client("sqs", self.settings).create_queue(QueueName=queue_name(self.settings), Attributes={
+            "MessageRetentionPeriod": "300", "ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})["QueueUrl"]
+        atexit.register(self.close, url, os.getpid())  # a forked child inherits this: it checks the pid
+        return url
+
+    def wait(self, key: str, fetch, timeout: float) -> list[dict] | None:
+        """The result list at `key`, as soon as its reply arrives (or `fetch()` finds it in the
+        bucket, tried every FALLBACK_EVERY seconds); None after `timeout` seconds."""
+        event = threading.Event()
+        with self.lock:
+            self.waiters[key] = event
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                found = cache.get_many([key]).get(key)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                if not event.wait(min(FALLBACK_EVERY, left)):
+                    found = fetch()
+                    if found is not None:
+                        cache.put_many({key: found})
+                        return found
+        finally:
+            with self.lock:
+                self.waiters.pop(key, None)
+
+    def _listen(self) -> None:
+        sqs, url, refreshed = client("sqs", self.settings), self.url, time.monotonic()
+        while url == self.url:
+            try:
+                messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                               WaitTimeSeconds=LONG_POLL).get("Messages", [])
+            except Exception as exc:  # the endpoint restarting, or the queue gone: a new one then
+                log.warning("receiving replies failed: %r", exc)
+                time.sleep(1)
+                if queue_missing(exc):
+                    with self.lock:
+                        self.url = url = self._create()
+                continue
+            self._deliver(messages)
+            if messages:
+                sqs.delete_message_batch(QueueUrl=url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+            if time.monotonic() - refreshed > REFRESH_EVERY:  # the sweeper reads LastModifiedTimestamp
+                sqs.set_queue_attributes(QueueUrl=url, Attributes={"ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})
+                refreshed = time.monotonic()
+
+    def _deliver(self, messages: list[dict]) -> None:
+        replies = [json.loads(m["Body"]) for m in messages]
+        cache.put_many({reply["key"]: reply["results"] for reply in replies})
+        with self.lock:
+            for reply in replies:
+                if reply["key"] in self.waiters:
+                    self.waiters[reply["key"]].set()
+
+    def close(self, url: str, pid: int) -> None:
+        """Delete the queue this process created (at exit)."""
+        if pid != os.getpid():
+            return
+        self.url = None
+        try:
+            client("sqs", self.settings).delete_queue(QueueUrl=url)
+        except Exception as exc:  # the sweeper deletes it later
+            log.warning("could not delete the reply queue: %r", exc)
+
+
+def queue_missing(exc: Exception) -> bool:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    return code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+
+
+@functools.cache
+def for_settings(settings: Settings) -> Replies:
+    """The process's Replies for a stack (one per web app's settings)."""
+    return Replies(settings)
+
+
+def send(settings: Settings, url: str, key: str, results: list[dict]) -> None:
+    """A worker's reply: the chunk's results, to the queue of the web process that enqueued it."""
+    try:
+        client("sqs", settings).send_message(QueueUrl=url, MessageBody=reply_message(key, results))
+    except Exception as exc:  # that web process is gone; its waiters (if any) read the bucket
+        if not queue_missing(exc):
+            raise
+        log.info("the reply queue %s is gone; the results are in the output bucket", url.rsplit("/", 1)[-1])

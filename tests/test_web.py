@@ -1,0 +1,139 @@
+"""The web tier in process (Flask's test client) against the local AWS endpoint: API keys, the rate
+limit, the status served from the autoscaler's tick, and the error messages of each route."""
+import io
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from daas import health, ratelimit
+from tests.conftest import make_settings
+from web import create_app
+
+KEY = "k3y-for-tests"
+
+
+def jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def keyed(local_aws, tmp_path):
+    """The web app of a fresh stack with API keys on and a limit of 5 images a minute."""
+    settings = make_settings(local_aws, tmp_path, api_keys=f"other, {KEY}", rate_limit=5)
+    return create_app(settings).test_client()
+
+
+def bearer(key: str = KEY) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_without_a_key_every_upload_job_and_ops_route_answers_401_with_a_message(keyed):
+    requests = [("post", "/api/jobs", {"data": {"images": (io.BytesIO(jpeg()), "a.jpg")}}),
+                ("get", "/api/jobs/" + "0" * 32, {}), ("post", "/classify", {"data": {"myfile": (io.BytesIO(jpeg()), "a.jpg")}}),
+                ("post", "/", {"data": {"myfile": (io.BytesIO(jpeg()), "a.jpg")}}),
+                ("get", "/api/status", {}), ("get", "/ops/timeline.png", {})]
+    for method, path, kwargs in requests:
+        response = getattr(keyed, method)(path, **kwargs)
+        assert response.status_code == 401, path
+        assert "Authorization: Bearer" in response.get_data(as_text=True), path
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = keyed.post("/api/jobs", data={"images": (io.BytesIO(jpeg()), "a.jpg")}, headers=bearer("guess"))
+    assert wrong.status_code == 401 and "not valid" in wrong.get_json()["error"]
+    assert keyed.get("/api/jobs/" + "0" * 32, headers={"Authorization": KEY}).status_code == 401  # no scheme
+
+
+def test_a_cross_site_form_post_cannot_spend_compute(keyed):
+    """A browser posting a form from another site sends cookies at most, never an Authorization header."""
+    response = keyed.post("/classify", data={"myfile": (io.BytesIO(jpeg()), "a.jpg")},
+                          headers={"Origin": "https://evil.example", "Cookie": "session=x"})
+    assert response.status_code == 401
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_pages_and_health_stay_open_and_the_form_asks_for_the_key(keyed):
+    page = keyed.get("/")
+    assert page.status_code == 200 and 'id="api-key"' in page.get_data(as_text=True)
+    assert keyed.get("/ops/timeline").status_code == 200
+    assert keyed.get("/healthz").status_code == 503  # open, and honest: no autoscaler ticks here
+
+
+def test_with_a_key_uploads_are_accepted_and_the_rate_limit_answers_429_with_retry_after(local_aws, tmp_path):
+    """Against a running web tier (gunicorn, two processes: they share one rate limit)."""
+    from daas.stack import Stack
+
+    settings = make_settings(local_aws, tmp_path, api_keys=f"other, {KEY}", rate_limit=5)
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        url, http = stack.start_web(), requests.Session()
+        accepted = http.post(f"{url}/api/jobs", files=[("images", (f"{i}.jpg", jpeg())) for i in range(4)],
+                             headers=bearer())
+        assert accepted.status_code == 202 and len(accepted.json()["images"]) == 4
+        assert http.get(url + accepted.headers["Location"], headers=bearer()).status_code == 200
+        over = http.post(f"{url}/api/jobs", files=[("images", (f"{i}.jpg", jpeg())) for i in range(2)],
+                         headers=bearer())
+        assert over.status_code == 429 and "5 images per minute" in over.json()["error"]
+        assert 1 <= int(over.headers["Retry-After"]) <= 12  # one image refills in 12 s
+        # Another key has its own allowance; a request larger than a minute's allowance says so.
+        other = http.post(f"{url}/api/jobs", files=[("images", (f"{i}.jpg", jpeg())) for i in range(6)],
+                          headers=bearer("other"))
+        assert other.status_code == 429 and "send fewer per request" in other.json()["error"]
+        assert "Retry-After" not in other.headers
+        sync = http.post(f"{url}/classify", files={"myfile": ("a.jpg", jpeg())})
+        assert sync.status_code == 401 and sync.text.startswith("this service needs an API key")
+
+
+def test_an_open_service_shows_no_key_field(local_aws, tmp_path):
+    app = create_app(make_settings(local_aws, tmp_path)).test_client()
+    assert 'id="api-key"' not in app.get("/").get_data(as_text=True)
+
+
+def test_status_serves_the_latest_tick_without_asking_aws(local_aws, tmp_path):
+    settings = make_settings(local_aws, tmp_path)
+    app = create_app(settings).test_client()
+    assert app.get("/api/status").status_code == 503  # no tick yet: says so
+    tick = {"t": time.time(), "interval": 5, "queue": {"visible": 7, "in_flight": 2},
+            "workers": {"running": 1, "starting": 3}, "provider": "local", "launched": 3}
+    health.record(settings.state_dir, health.TICK, tick)
+    status = app.get("/api/status").get_json()
+    assert status["queue"] == {"visible": 7, "in_flight": 2} and status["workers"] == {"running": 1, "starting": 3}
+    assert status["measured_at"] == tick["t"]
+
+
+def test_healthz_names_which_process_stopped_the_autoscaler(local_aws, tmp_path):
+    settings = make_settings(local_aws, tmp_path, scale_interval=5)
+    app = create_app(settings).test_client()
+    now = time.time()
+    health.record(settings.state_dir, health.BEAT, {"t": now})
+    health.record(settings.state_dir, health.TICK, {"t": now - 16})
+    stalled = app.get("/healthz")
+    assert stalled.status_code == 503 and "controller is down or stalled" in stalled.get_json()["error"]
+    health.record(settings.state_dir, health.BEAT, {"t": now - 20})
+    assert "beat has sent no tick for 20 s" in app.get("/healthz").get_json()["error"]
+    health.record(settings.state_dir, health.TICK, {"t": now})
+    assert app.get("/healthz").status_code == 200
+
+
+def test_the_413_and_404_messages_come_from_their_routes(local_aws, tmp_path):
+    app = create_app(make_settings(local_aws, tmp_path, max_image_bytes=1000)).test_client()
+    big = app.post("/api/jobs", data={"images": (io.BytesIO(b"\xff\xd8" + b"\0" * 2000), "big.jpg")})
+    assert big.status_code == 413 and "big.jpg" in big.get_json()["error"]
+    assert app.get("/api/nothing-here").get_json()["error"].startswith("no job or resource")
+
+
+# -- the rate limit's arithmetic (no clock, no database) ---------------------------------------------
+def test_buckets_refill_continuously_up_to_a_minute_of_images():
+    assert ratelimit.refill(0, at=0, now=30, per_minute=60) == 30
+    assert ratelimit.refill(50, at=0, now=600, per_minute=60) == 60
+    assert ratelimit.decide(3, 2, 60) == (1, 0)
+    assert ratelimit.decide(1, 3, 60) == (1, 2.0)  # two more tokens, one a second
+    assert ratelimit.decide(60, 61, 60)[1] == float("inf")
+
+
+def test_the_limiter_is_shared_through_its_file(tmp_path):
+    first, second = (ratelimit.RateLimiter(tmp_path / "limit.sqlite", 10) for _ in range(2))
+    assert first.take("key", 8, now=100) == 0
+    assert second.take("key", 4, now=100) == pytest.approx(12.0)  # 2 left, 2 missing at 1 per 6 s
+    assert second.take("key", 4, now=112) == 0

@@ -1,0 +1,87 @@
+"""Who may spend compute: API keys (DAAS_API_KEYS) and the rate limit (DAAS_RATE_LIMIT).
+
+With keys set, every upload, job and ops route wants `Authorization: Bearer <key>`; no key or a
+wrong one gets 401 with a message. The upload form asks for the key once and keeps it in the
+browser (localStorage), sending it as that header. A cross-site form post cannot set the header
+(and no CORS header allows a script to), so it cannot spend compute. Pages themselves (the form,
+the timeline's page) and /healthz stay open: they show nothing and classify nothing.
+"""
+from __future__ import annotations
+
+import hmac
+import math
+
+from flask import Flask, Response, current_app, g, jsonify, request
+
+from daas.ratelimit import RateLimiter
+
+PROTECTED = {"service.create_job", "service.get_job", "service.classify_sync", "ops.status", "ops.timeline_png"}
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float, per_minute: int, images: int):
+        self.retry_after, self.per_minute, self.images = retry_after, per_minute, images
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        if math.isinf(self.retry_after):
+            return (f"{self.images} images in one request is more than this service's limit of "
+                    f"{self.per_minute} images per minute: send fewer per request")
+        return (f"rate limit of {self.per_minute} images per minute reached: retry in "
+                f"{math.ceil(self.retry_after)} s")
+
+
+def init_app(app: Flask) -> None:
+    settings = app.config["DAAS_SETTINGS"]
+    app.extensions["daas_api_keys"] = settings.api_key_set
+    if settings.rate_limit > 0:
+        app.extensions["daas_rate_limiter"] = RateLimiter(settings.state_dir / "ratelimit.sqlite",
+                                                          settings.rate_limit)
+    app.before_request(check_key)
+    app.register_error_handler(RateLimited, too_many)
+
+
+def error(message: str, status: int, **headers) -> Response:
+    """JSON for the API, plain text for the original /classify contract."""
+    if request.path.startswith("/api/") or request.path.startswith("/ops/"):
+        response = jsonify(error=message)
+    else:
+        response = Response(message + "\n", mimetype="text/plain")
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+def check_key() -> Response | None:
+    keys = current_app.extensions["daas_api_keys"]
+    if not keys or request.endpoint not in PROTECTED:
+        return None
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="daas"'}
+    if scheme.lower() != "bearer" or not key.strip():
+        return error("this service needs an API key: send it as the header 'Authorization: Bearer <key>'",
+                     401, **challenge)
+    if not any(hmac.compare_digest(key.strip().encode(), known.encode()) for known in keys):
+        return error("that API key is not valid for this service", 401, **challenge)
+    g.api_key = key.strip()
+    return None
+
+
+def client_id() -> str:
+    """Who is calling: the API key, or the client's address where the service is open."""
+    return getattr(g, "api_key", None) or f"address:{request.remote_addr}"
+
+
+def spend(images: int) -> None:
+    """Count `images` against the caller's rate limit; raises RateLimited when over it."""
+    limiter = current_app.extensions.get("daas_rate_limiter")
+    if limiter is None or images == 0:
+        return
+    wait = limiter.take(client_id(), images)
+    if wait:
+        raise RateLimited(wait, limiter.per_minute, images)
+
+
+def too_many(exc: RateLimited) -> Response:
+    retry = {} if math.isinf(exc.retry_after) else {"Retry-After": str(math.ceil(exc.retry_after))}
+    return error(exc.message(), 429, **retry)
