@@ -9,12 +9,15 @@ from daas import bench
 
 def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DAAS_SCALE_MAX", "1")  # one worker process: keeps the test quick on 2 cores
-    report = bench.run_all(tmp_path, 4, workers=1, baseline_sample=1, cold_images=3)
+    report = bench.run_all(tmp_path, 4, workers=1, baseline_sample=1, cold_images=3, burst=5)
 
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written == json.loads(json.dumps(report))
     modes = written["modes"]
-    assert set(modes) == {"raw", "service", "single", "baseline", "cold", "colocated"}
+    assert set(modes) == {"raw", "service", "single", "baseline", "cold", "colocated", "burst", "one_upload"}
+    for mode in (modes["burst"], modes["one_upload"]):  # the original client's pattern, and one upload
+        assert mode["images"] == 5 and mode["images_per_s"] > 0 and mode["aws_requests"]["per_image"] > 1
+        assert any(op.startswith("web ") for op in mode["aws_requests"]["by_operation"])
     for mode in (modes["raw"], modes["service"], modes["baseline"], modes["cold"], *modes["colocated"].values()):
         assert mode["images_per_s"] > 0, mode
     assert modes["raw"]["processes"] == modes["service"]["workers"] == modes["colocated"]["service"]["workers"] == 1
@@ -41,6 +44,8 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     assert ratios["single − raw (p50)"] == round(
         modes["single"]["latency_ms"]["p50"] - modes["raw"]["single"]["latency_ms"]["p50"], 1)
     assert ratios["cold 30 images"] == modes["cold"]["seconds"]
+    assert ratios["burst / one upload"] == round(
+        modes["burst"]["images_per_s"] / modes["one_upload"]["images_per_s"], 3)
     assert ratios["service / raw, colocated"] == round(
         modes["colocated"]["service"]["images_per_s"] / modes["colocated"]["raw"]["images_per_s"], 3)
     assert [t["name"] for t in written["targets"]] == list(bench.TARGETS)

@@ -1,4 +1,4 @@
-"""Benchmarks, all measured in one run on this machine: `python -m daas bench [all|scaling]`.
+"""Benchmarks, all measured in one run on this machine: `python -m daas bench [all|scaling|soak]`.
 
 `all` compares five ways of labelling the same images:
   raw       the model alone (decode + preprocess + forward) in N processes, as the workers run it
@@ -10,6 +10,7 @@
 and writes <out>/bench.json and <out>/bench.png. `scaling` times batches of 10, 30 and 100 images
 on an elastic stack (from zero workers each time) against one fixed warm worker, and writes
 <out>/scaling.json and <out>/scaling.png (the autoscaler's timeline of the elastic 30-image run).
+`soak` runs the whole stack for a while under load and injected faults (daas/bench/soak.py).
 
 Raw and service are compared on the same cores. The machine's cores are split: the worker cores
 run the N worker processes (and, in turn, the N raw processes); the front cores run what on AWS
@@ -30,6 +31,7 @@ import math
 import os
 import platform
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +39,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,7 +72,10 @@ TARGETS = {  # name: (comparison, threshold, unit)
     "service / baseline": (">=", 20.0, "×"),
     "single − raw (p50)": ("<=", 50.0, "ms"),
     "cold 30 images": ("<=", 10.0, "s"),
+    "burst / one upload": (">=", 0.8, "×"),
+    "burst AWS calls per image beyond the upload's": ("<=", 3.0, ""),
 }
+BURST_ROUNDS = 3
 
 # -- the images ---------------------------------------------------------------------------------
 
@@ -434,8 +441,68 @@ def single_mode(url: str, files: list[File], count: int) -> dict:
             "latencies_ms": [round(t * 1000, 2) for t in latencies]}
 
 
+# -- burst: the original client's pattern, beside the same images as one upload --------------------
+
+BURST = 100  # concurrent POST /classify, one image each, as the original load generator sent them
+# One line of the local endpoint's access log (daas.serving.AWS_ACCESS_LOG_FORMAT).
+_ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" \d+ \S+ \S+ "(?P<target>[^"]*)" "(?P<agent>[^"]*)"')
+
+
+def aws_requests(log: Path, since: int) -> Counter:
+    """The AWS calls logged by the local endpoint after byte `since` of its log, by caller and
+    operation: ("web", "AmazonSQS.SendMessage"), ("worker", "s3 GET"), ("kombu", ...)."""
+    counts: Counter = Counter()
+    with open(log, "rb") as handle:
+        handle.seek(since)
+        for line in handle.read().decode(errors="replace").splitlines():
+            match = _ACCESS_LINE.search(line)
+            if not match:
+                continue
+            role = re.search(r"daas/(\w+)", match["agent"])
+            operation = match["target"] if match["target"] != "-" else (
+                f"s3 {match['method']}" if match["path"] != "/" else "query POST (SNS, EC2)")
+            counts[(role[1] if role else "kombu", operation)] += 1
+    return counts
+
+
+def _per_image(counts: Counter, images: int) -> dict:
+    return {"per_image": round(sum(counts.values()) / images, 2),
+            "by_operation": {f"{role} {op}": round(n / images, 3) for (role, op), n in counts.most_common()}}
+
+
+def burst_mode(url: str, files: list[File], log: Path, count: int = BURST) -> dict:
+    """`count` threads, each POSTing one image to /classify at once; images/s from the first
+    request to the last answer, and the AWS calls per image."""
+    since = log.stat().st_size
+
+    def classify(file: File) -> float:
+        started = time.perf_counter()
+        response = requests.post(f"{url}/classify", files={"myfile": file}, timeout=300)
+        if response.status_code != 200:
+            raise RuntimeError(f"/classify {file[0]}: {response.status_code} {response.text.strip()}")
+        return time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        latencies = list(pool.map(classify, cycle(files, count)))
+    seconds = time.perf_counter() - started
+    time.sleep(1)  # the workers' last deletes and events reach the log
+    return {"images": count, "seconds": round(seconds, 3), "images_per_s": round(count / seconds, 3),
+            "latency_ms": percentiles(latencies), "aws_requests": _per_image(aws_requests(log, since), count)}
+
+
+def one_upload_mode(url: str, files: list[File], log: Path, count: int = BURST) -> dict:
+    """The same images as one POST /api/jobs, followed as the web page does: images/s from the
+    upload to the last label, and the AWS calls per image."""
+    since = log.stat().st_size
+    run = classify_all(url, cycle(files, count), batch=count)
+    time.sleep(1)
+    return {"images": count, "seconds": round(run.seconds, 3), "images_per_s": round(run.images_per_s, 3),
+            "latency_ms": percentiles(run.latencies), "aws_requests": _per_image(aws_requests(log, since), count)}
+
+
 def raw_and_service(base: config.Settings, tmp: Path, name: str, files: list[File], count: int,
-                    workers: int, cores: set[int], single: int = 0) -> dict:
+                    workers: int, cores: set[int], single: int = 0, burst: int = BURST) -> dict:
     """Raw and service in turn, ROUNDS times each, with `workers` processes on `cores` (the raw
     processes idle while the workers run, and the other way round); then single, when asked.
     Each mode reports its median run."""
@@ -459,6 +526,13 @@ def raw_and_service(base: config.Settings, tmp: Path, name: str, files: list[Fil
             print(f"{name}: single, {single} images through /classify and raw…", flush=True)
             modes["raw"]["single"] = raw_single(pool, files, single)
             modes["single"] = single_mode(url, files, single)
+            log = tmp / "aws" / "aws.log"  # the local endpoint's access log (see local_aws)
+            print(f"{name}: {burst} concurrent /classify, then the same images as one upload, in turn…", flush=True)
+            bursts, uploads = [], []
+            for _ in range(BURST_ROUNDS):
+                bursts.append(burst_mode(url, files, log, burst))
+                uploads.append(one_upload_mode(url, files, log, burst))
+            modes["burst"], modes["one_upload"] = median_run(bursts), median_run(uploads)
     return modes
 
 
@@ -526,6 +600,9 @@ def ratios(modes: dict) -> dict[str, float]:
                                     - modes["raw"]["single"]["latency_ms"]["p50"], 1),
         "cold 30 images": modes["cold"]["seconds"],
         "service / raw, colocated": service_over_raw(modes["colocated"]),
+        "burst / one upload": round(modes["burst"]["images_per_s"] / modes["one_upload"]["images_per_s"], 3),
+        "burst AWS calls per image beyond the upload's": round(
+            modes["burst"]["aws_requests"]["per_image"] - modes["one_upload"]["aws_requests"]["per_image"], 2),
     }
 
 
@@ -540,7 +617,7 @@ def judge(figures: dict[str, float]) -> list[dict]:
 
 
 def run_all(out: Path, count: int = 120, *, workers: int | None = None, single: int | None = None,
-            baseline_sample: int = 5, cold_images: int = 30) -> dict:
+            baseline_sample: int = 5, cold_images: int = 30, burst: int = BURST) -> dict:
     """Every mode of `bench` on `count` images; writes <out>/bench.json and <out>/bench.png.
     `workers`: processes of raw and service (default: WORKERS_PER_CORE per worker core)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -557,7 +634,7 @@ def run_all(out: Path, count: int = 120, *, workers: int | None = None, single: 
                 "prefetch_multiplier": base.prefetch_multiplier, "batch": BATCH, "poll_s": POLL_S,
                 "cold": {"workers_max": base.scale_max, "scale_interval_s": 1.0, "idle_timeout_s": ELASTIC_IDLE_S},
                 "images": count, "distinct_images": [{"name": n, "bytes": len(d)} for n, d in files]}}
-            modes = raw_and_service(base, tmp, "service", files, count, workers, back, single)
+            modes = raw_and_service(base, tmp, "service", files, count, workers, back, single, burst)
             modes["colocated"] = raw_and_service(base, tmp, "colocated", files, count, workers, everywhere)
             with on_cores(everywhere):
                 print(f"baseline: {baseline_sample} processes, one per image…", flush=True)
@@ -605,6 +682,11 @@ def format_report(report: dict) -> str:
              *_ms(service["latency_ms"]), f"  (end to end {service['end_to_end_images_per_s']:.2f}/s, "
                                           f"first label {service['first_label_s']:.2f} s)"),
         _row("single: POST /classify, one at a time", "", *_ms(single["latency_ms"])),
+        _row(f"burst: {modes['burst']['images']} concurrent POST /classify", f"{modes['burst']['images_per_s']:.2f}",
+             *_ms(modes["burst"]["latency_ms"]), f"  ({modes['burst']['aws_requests']['per_image']} AWS calls/image)"),
+        _row(f"one upload: the same {modes['one_upload']['images']} images", f"{modes['one_upload']['images_per_s']:.2f}",
+             *_ms(modes["one_upload"]["latency_ms"]),
+             f"  ({modes['one_upload']['aws_requests']['per_image']} AWS calls/image)"),
         _row("colocated raw: on all cores", f"{colocated['raw']['images_per_s']:.2f}",
              *_ms(colocated["raw"]["busy_ms_per_image"])),
         _row("colocated service: everything on all cores", f"{colocated['service']['images_per_s']:.2f}",
@@ -616,15 +698,15 @@ def format_report(report: dict) -> str:
         (f"runs in turn (images/s; the medians above): raw {_runs(raw)}, service {_runs(service)}; "
          f"colocated raw {_runs(colocated['raw'])}, service {_runs(colocated['service'])}"),
         "",
-        f"{'figure':<26}{'value':>11}  {'target':<12}",
+        f"{'figure':<46}{'value':>11}  {'target':<12}",
     ]
     units = {"service / raw": "×", "service / baseline": "×", "single − raw (p50)": " ms", "cold 30 images": " s",
-             "service / raw, colocated": "×"}
+             "service / raw, colocated": "×", "burst / one upload": "×", "burst AWS calls per image beyond the upload's": ""}
     checks = {check["name"]: check for check in report["targets"]}
     for name, value in report["ratios"].items():
         check = checks.get(name)
         target, verdict = (check["target"], "met" if check["met"] else "NOT met") if check else ("", "(reported)")
-        lines.append(f"{name:<26}{f'{value:g}{units[name]}':>11}  {target:<12}{verdict}")
+        lines.append(f"{name:<46}{f'{value:g}{units[name]}':>11}  {target:<12}{verdict}")
     return "\n".join(lines)
 
 
@@ -721,6 +803,13 @@ def format_scaling(report: dict) -> str:
 
 def main(args) -> int:
     out = Path(args.out)
+    if args.which == "soak":
+        from daas.bench import soak
+
+        report = soak.run(out, minutes=args.minutes)
+        print(soak.format_report(report))
+        print(f"\nwrote {out / 'soak.json'} and {out / 'soak.png'}")
+        return 0 if soak.passed(report) else 1
     if args.which == "scaling":
         report = run_scaling(out)
         print(format_scaling(report))

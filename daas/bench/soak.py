@@ -1,0 +1,534 @@
+"""`python -m daas bench soak [--minutes 30]`: the whole stack for a while, under load and faults.
+
+It starts `python -m daas up` as a user would (its own ports and state folder) and repeats a cycle
+until the time is up:
+
+1. a burst of the original client's pattern: 100 concurrent `POST /classify`, one image each, with
+   a busy worker SIGKILLed in the middle of it;
+2. a multi-image upload through `POST /api/jobs`, and (every third cycle) a mix of bad uploads
+   (empty, not an image, a decompression bomb's header, oversized, truncated) and a malformed
+   message sent straight to the classify queue;
+3. one fault in turn: SIGKILL of the controller, of the web tier, of beat, or SIGSTOP of the
+   controller (a stall `up` must notice);
+4. an idle gap longer than the idle timeout: the pool goes to zero, and the next burst brings it back.
+
+Then it waits for every accepted image and reports: images sent, right, wrong, lost, stuck, run
+twice, p50/p99 latency, the longest recovery after each kind of fault, scaler ticks missed,
+housekeeping runs, scale-to-zero cycles, and every ERROR/CRITICAL line of every log. It writes
+<out>/soak.json and <out>/soak.png (queue, workers and latencies on one timeline, faults marked).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+from daas import aws, config, health, timeline
+from daas.bench import build_images, workspace
+from daas.broker import LOCAL_CREDENTIALS
+from daas.stack import PYTHON, free_port
+
+FAULTS = ("controller", "web", "beat", "stall")
+BURST = 100                  # concurrent POST /classify, as the original load generator sent them
+UPLOAD = 30                  # images per multi-image upload
+RECOVERY_TIMEOUT = 120.0
+MALFORMED = {"properties": {"delivery_info": {}}, "headers": {"task": "nope"}, "body": "x"}
+REAPED = "dropping a dead-lettered message that is not a daas task"
+ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|^\[[EC] |Traceback|Unrecoverable|Error in timer")
+
+
+def profile(minutes: float) -> dict[str, str]:
+    """The stack's timing settings: the defaults for a long soak; shorter ones for a short soak,
+    so that a few minutes still hold several housekeeping runs and a scale-to-zero cycle."""
+    if minutes >= 10:
+        return {"DAAS_IDLE_TIMEOUT": "60"}
+    return {"DAAS_IDLE_TIMEOUT": "15", "DAAS_SWEEP_INTERVAL": "20", "DAAS_HEARTBEAT_INTERVAL": "5",
+            "DAAS_STALL_TIMEOUT": "30"}
+
+
+@dataclass
+class Sent:
+    """One image the client sent, and what became of it."""
+
+    kind: str                  # "sync" (/classify), "upload" (/api/jobs), "bad" (expected to fail)
+    name: str
+    expected: str              # the model's own label, or "error" for a bad image
+    sent: float
+    http: int = 0
+    outcome: str = "pending"   # right, wrong, error (as expected for bad input), rejected (4xx), pending
+    latency: float | None = None
+    job_id: str = ""
+    image_id: str = ""
+    retried: bool = False
+
+
+@dataclass
+class Fault:
+    kind: str
+    t: float
+    recovered: float | None = None
+    detail: str = ""
+
+    @property
+    def recovery_s(self) -> float | None:
+        return None if self.recovered is None else round(self.recovered - self.t, 2)
+
+
+@dataclass
+class Soak:
+    out: Path
+    minutes: float
+    tmp: Path
+    sent: list[Sent] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- the stack ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.state = self.tmp / "state"
+        ports = {name: free_port() for name in ("DAAS_WEB_PORT", "DAAS_AWS_PORT", "DAAS_FLOWER_PORT")}
+        self.env = {**os.environ, **{k: str(v) for k, v in ports.items()}, **profile(self.minutes),
+                    "DAAS_STATE_DIR": str(self.state), "DAAS_FLOWER_PASSWORD": "soak", "DAAS_PROVIDER": "local"}
+        for name in ("DAAS_AWS_ENDPOINT", "DAAS_STACK"):
+            self.env.pop(name, None)
+        self.settings = config.load(self.env)
+        self.url = f"http://127.0.0.1:{self.settings.web_port}"
+        self.up_log = open(self.tmp / "up.log", "w")
+        self.up = subprocess.Popen([PYTHON, "-m", "daas", "up"], env=self.env, stdout=self.up_log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while "Ctrl-C" not in (self.tmp / "up.log").read_text():
+            if self.up.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"`daas up` did not start:\n{(self.tmp / 'up.log').read_text()}")
+            time.sleep(0.5)
+        self.settings = self.settings.with_(aws_endpoint=f"http://127.0.0.1:{self.settings.aws_port}")
+        # This process talks to the local endpoint too (the malformed message), with its throwaway keys.
+        os.environ.update(AWS_ACCESS_KEY_ID=LOCAL_CREDENTIALS[0], AWS_SECRET_ACCESS_KEY=LOCAL_CREDENTIALS[1])
+        self.http = requests.Session()
+        self.started = time.time()
+
+    def stop(self) -> None:
+        self.up.send_signal(signal.SIGINT)
+        try:
+            self.up.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.up.pid, signal.SIGKILL)
+        self.up_log.close()
+
+    def pid(self, name: str) -> int:
+        return json.loads((self.state / "processes.json").read_text())[name]
+
+    def ready_workers(self) -> list[int]:
+        return sorted(int(p.stem) for p in (self.state / "workers").glob("*.ready"))
+
+    def status(self) -> dict:
+        return self.http.get(f"{self.url}/api/status", timeout=10).json()
+
+    # -- sending images ----------------------------------------------------------------------------
+    def classify(self, name: str, data: bytes, expected: str) -> Sent:
+        """One POST /classify, as the original client sent it; retried once if the web tier was
+        down (killed by a fault) when it was sent."""
+        item = Sent("sync", name, expected, time.time())
+        for attempt in range(2):
+            try:
+                response = requests.post(f"{self.url}/classify", files={"myfile": (name, data)}, timeout=120)
+                break
+            except requests.RequestException:
+                if attempt:
+                    item.outcome = "failed"
+                    return self.record(item)
+                item.retried = True
+                self.wait_until(lambda: self.answers("/healthz"), RECOVERY_TIMEOUT, "the web tier")
+        item.http = response.status_code
+        item.latency = time.time() - item.sent
+        if response.status_code == 200:
+            label = response.text.split(":", 1)[1]
+            item.outcome = "right" if label == expected else "wrong"
+        elif response.status_code == 504:  # still queued: the message says where its result will be
+            found = re.search(r"/api/jobs/([0-9a-f]{32}) \(image ([0-9a-f]{32})\)", response.text)
+            item.job_id, item.image_id = found[1], found[2]
+        else:
+            item.outcome = "wrong"
+        return self.record(item)
+
+    def upload(self, kind: str, files: list[tuple[str, bytes, str]]) -> list[Sent]:
+        """One POST /api/jobs with several images; results are collected later (`collect`)."""
+        sent = time.time()
+        response = requests.post(f"{self.url}/api/jobs", files=[("images", (n, d)) for n, d, _ in files], timeout=120)
+        items = [Sent(kind, name, expected, sent, http=response.status_code) for name, _, expected in files]
+        if response.status_code == 202:
+            job = response.json()
+            unmatched = list(job["images"])  # rejected images come after the accepted ones
+            for item in items:
+                image = next(i for i in unmatched if i["name"] == item.name)
+                unmatched.remove(image)
+                item.job_id, item.image_id = job["job_id"], image["id"]
+        else:
+            for item in items:
+                item.outcome = "rejected" if item.expected == "error" else "wrong"
+        return [self.record(item) for item in items]
+
+    def record(self, item: Sent) -> Sent:
+        with self.lock:
+            self.sent.append(item)
+        return item
+
+    def collect(self) -> int:
+        """Fill in the results of pending images from their jobs; returns how many are pending."""
+        pending = [item for item in self.sent if item.outcome == "pending" and item.job_id]
+        jobs: dict[str, dict] = {}
+        for item in pending:
+            if item.job_id not in jobs:
+                jobs[item.job_id] = self.http.get(f"{self.url}/api/jobs/{item.job_id}", timeout=30).json()
+            images = jobs[item.job_id]["images"]
+            image = next(i for i in images if i["id"] == item.image_id)
+            if image["status"] == "queued":
+                continue
+            item.latency = datetime.fromisoformat(image["finished_at"]).timestamp() - item.sent
+            if item.expected == "error":
+                item.outcome = "error" if image["status"] == "error" else "wrong"
+            else:
+                item.outcome = "right" if image.get("label") == item.expected else "wrong"
+        return sum(item.outcome == "pending" for item in self.sent)
+
+    # -- the cycle ---------------------------------------------------------------------------------
+    def burst(self, files: list[tuple[str, bytes, str]], kill_worker: bool) -> None:
+        with ThreadPoolExecutor(BURST) as pool:
+            futures = [pool.submit(self.classify, *files[i % len(files)]) for i in range(BURST)]
+            if kill_worker:
+                self.kill_busy_worker()
+            for future in futures:
+                future.result()
+
+    def kill_busy_worker(self) -> None:
+        """SIGKILL a worker while the burst keeps every worker busy."""
+        self.wait_until(lambda: self.ready_workers() and self.status()["queue"]["in_flight"] > 0, 180,
+                        "a busy worker")
+        time.sleep(0.5)
+        pid = self.ready_workers()[0]
+        os.kill(pid, signal.SIGKILL)
+        self.faults.append(Fault("worker", time.time(), detail=str(pid)))
+
+    def inject(self, kind: str) -> None:
+        """One fault of the control plane; its recovery is measured at once."""
+        fault = Fault(kind, time.time())
+        self.faults.append(fault)
+        if kind == "stall":
+            os.kill(self.pid("controller"), signal.SIGSTOP)
+        else:
+            os.kill(self.pid(kind), signal.SIGKILL)
+        if kind == "web":
+            check = lambda: self.answers("/healthz")  # noqa: E731
+        else:  # the autoscaler ticks again
+            check = lambda: (health.read(self.state, health.TICK) or {"t": 0})["t"] > fault.t  # noqa: E731
+        self.wait_until(check, RECOVERY_TIMEOUT, f"recovery from the {kind} fault")
+        fault.recovered = time.time()
+
+    def send_malformed(self) -> None:
+        sqs = aws.client("sqs", self.settings)
+        body = base64.b64encode(json.dumps(MALFORMED).encode()).decode()
+        sqs.send_message(QueueUrl=aws.queue_url(self.settings, self.settings.queue), MessageBody=body)
+        self.faults.append(Fault("malformed message", time.time()))
+
+    def bad_uploads(self, good: tuple[str, bytes, str]) -> None:
+        """Each kind of bad input alone (the edge answers 4xx; a truncated file gets an error result
+        from the worker), and mixed with a good image (which is labelled)."""
+        bad = bad_images(self.settings.max_image_bytes)
+        for name, data in bad:
+            self.upload("bad", [(name, data, "error")])
+        items = self.upload("bad", [(bad[0][0], bad[0][1], "error"), good])
+        items[1].kind = "upload"  # the good image of the mixed upload is labelled like any other
+
+    def idle_gap(self) -> None:
+        """Wait until the pool has gone to zero, as it does after DAAS_IDLE_TIMEOUT idle seconds."""
+        self.wait_until(lambda: self.status()["workers"] == {"running": 0, "starting": 0},
+                        self.settings.idle_timeout + 120, "the pool to go to zero")
+
+    def answers(self, path: str) -> bool:
+        try:
+            self.http.get(f"{self.url}{path}", timeout=5)
+            return True
+        except requests.RequestException:
+            return False
+
+    def cycles(self, files: list[tuple[str, bytes, str]]) -> int:
+        """Repeat the cycle (see the module's docstring) until the time is up; returns how many ran."""
+        deadline, cycle = self.started + self.minutes * 60, 0
+        while time.time() < deadline:
+            self.burst(files, kill_worker=True)
+            self.upload("upload", [files[(cycle * UPLOAD + i) % len(files)] for i in range(UPLOAD)])
+            if cycle % 3 == 0:
+                self.bad_uploads(files[0])
+                self.send_malformed()
+            self.inject(FAULTS[cycle % len(FAULTS)])
+            self.collect()
+            self.idle_gap()
+            cycle += 1
+        return cycle
+
+    def drain(self, timeout: float = 180.0) -> bool:
+        """Wait until every accepted image has its result and every malformed message was reaped."""
+        malformed = sum(f.kind == "malformed message" for f in self.faults)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.collect() and self.log("controller").count(REAPED) >= malformed:
+                return True
+            time.sleep(1)
+        return False
+
+    def log(self, name: str) -> str:
+        path = self.state / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def leftover_messages(self) -> int:
+        """Messages still in the classify queue and its dead-letter queue."""
+        sqs, left = aws.client("sqs", self.settings), 0
+        for name in (self.settings.queue, self.settings.dead_letter_queue):
+            attributes = sqs.get_queue_attributes(QueueUrl=aws.queue_url(self.settings, name), AttributeNames=[
+                "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+            left += sum(int(value) for value in attributes.values())
+        return left
+
+    def report(self, cycles: int, drained: bool) -> dict:
+        logs = {path.stem: path.read_text(errors="replace") for path in sorted((self.state / "logs").glob("*.log"))}
+        logs["up"] = (self.tmp / "up.log").read_text(errors="replace")
+        records = [r for r in timeline.read(self.state) if r["t"] >= self.started]
+        runs = task_runs(logs.get("workers", ""))
+        for fault in self.faults:
+            if fault.kind == "worker":
+                fault.recovered = orphans_recovered(runs, int(fault.detail), fault.t)
+            elif fault.kind == "malformed message":
+                fault.recovered = first_line_after(logs.get("controller", ""), REAPED, fault.t)
+        outcomes = Counter(item.outcome for item in self.sent)
+        unfinished = outcomes["pending"]
+        left = self.leftover_messages() if unfinished else 0
+        recoveries: dict[str, float] = {}
+        for fault in self.faults:
+            if fault.recovery_s is not None:
+                recoveries[fault.kind] = max(recoveries.get(fault.kind, 0.0), fault.recovery_s)
+        return {
+            "minutes": self.minutes, "cycles": cycles, "drained": drained, "settings": profile(self.minutes),
+            "images": {"sent": len(self.sent), "right": outcomes["right"], "wrong": outcomes["wrong"],
+                       "bad, error result": outcomes["error"], "bad, rejected at the edge": outcomes["rejected"],
+                       "lost": unfinished if not left else 0, "stuck": unfinished if left else 0,
+                       "requests failed twice": outcomes["failed"],
+                       "sync answered 504": sum(i.kind == "sync" and i.http == 504 for i in self.sent),
+                       "sync retried after a web-tier kill": sum(i.retried for i in self.sent)},
+            "run_twice": sum(len(r["succeeded"]) > 1 for r in runs.values()),
+            "latency_ms": {kind: latency_ms([i.latency for i in self.sent if i.kind == kind and i.latency])
+                           for kind in ("sync", "upload")},
+            "recovery_s": recoveries,
+            "faults": [{**asdict(f), "recovery_s": f.recovery_s} for f in self.faults],
+            "ticks": {"recorded": len(records), "missed": ticks_missed(records, self.settings.scale_interval)},
+            "housekeeping_runs": len(re.findall(r"Task daas\.housekeeping\[[^]]+\] succeeded", logs.get("controller", ""))),
+            "scale_to_zero_cycles": scale_to_zero_cycles(records),
+            "error_lines": error_lines(logs),
+            "started": self.started,
+            "timeline": records,
+            "sent": [{"t": i.sent, "kind": i.kind, "latency": i.latency, "outcome": i.outcome} for i in self.sent],
+        }
+
+    @staticmethod
+    def wait_until(check, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if check():
+                    return
+            except (requests.RequestException, ValueError, KeyError):
+                pass  # a process restarting under a fault
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
+            time.sleep(0.25)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width×height pixels but carries a few bytes: a decompression bomb's header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def bad_images(max_bytes: int) -> list[tuple[str, bytes]]:
+    """One upload of each kind that cannot be classified."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((400, 400), 60).convert("RGB").save(buffer, format="JPEG")
+    return [("empty.png", b""), ("notes.png", b"this is text, not a picture"),
+            ("bomb.png", png_header_only(30000, 30000)), ("huge.jpg", b"\xff\xd8" + b"\0" * max_bytes),
+            ("cut.jpg", buffer.getvalue()[:1500])]
+
+
+def workload(folder: Path) -> list[tuple[str, bytes, str]]:
+    """The bench's varied images, each with the label the model alone gives it."""
+    from daas.images import WORKER_DRAFT_SIZE, decode
+    from daas.model import Classifier
+
+    files, model = build_images(folder), Classifier()
+    labels = [model.classify([decode(data, 50_000_000, WORKER_DRAFT_SIZE)])[0].label for _, data in files]
+    return [(name, data, label) for (name, data), label in zip(files, labels)]
+
+
+# -- reading the logs and the timeline ---------------------------------------------------------------
+# Celery's log lines, with the process id that celeryconfig's worker_log_format adds.
+_TASK_LINE = re.compile(r"^\[(?P<time>[\d-]+ [\d:,]+): \w+/\w+ (?P<pid>\d+)\] "
+                        r"Task daas\.classify\[(?P<id>[^]]+)\] (?P<event>received|succeeded)", re.M)
+
+
+def _log_time(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def task_runs(workers_log: str) -> dict[str, dict[str, list[tuple[float, int]]]]:
+    """{task id: {"received": [(time, pid)], "succeeded": [(time, pid)]}} from the workers' log."""
+    runs: dict[str, dict[str, list]] = {}
+    for match in _TASK_LINE.finditer(workers_log):
+        entry = runs.setdefault(match["id"], {"received": [], "succeeded": []})
+        entry[match["event"]].append((_log_time(match["time"]), int(match["pid"])))
+    return runs
+
+
+def orphans_recovered(runs: dict, pid: int, killed: float) -> float | None:
+    """When the last task the killed worker `pid` held succeeded elsewhere (the kill time if it held
+    none); None if one of them never did."""
+    orphans = [run for run in runs.values() if any(p == pid for _, p in run["received"])
+               and not any(p == pid for _, p in run["succeeded"])]
+    done = [min((t for t, p in run["succeeded"] if p != pid), default=None) for run in orphans]
+    return None if None in done else max(done, default=killed)
+
+
+def first_line_after(log: str, text: str, after: float) -> float | None:
+    for line in log.splitlines():
+        if text in line:
+            at = _log_time(line[1:24])
+            if at >= after:
+                return at
+    return None
+
+
+def ticks_missed(records: list[dict], interval: float) -> int:
+    """Scaling ticks that should have happened between the recorded ones (beat ticks every interval)."""
+    times = sorted(r["t"] for r in records)
+    return sum(max(0, round((later - earlier) / interval) - 1) for earlier, later in zip(times, times[1:]))
+
+
+def scale_to_zero_cycles(records: list[dict]) -> int:
+    """How many times the pool went from some workers to none."""
+    sizes = [r["running"] + r["starting"] for r in sorted(records, key=lambda r: r["t"])]
+    return sum(1 for before, after in zip(sizes, sizes[1:]) if before > 0 and after == 0)
+
+
+def error_lines(logs: dict[str, str]) -> list[str]:
+    """Every ERROR or CRITICAL line (and traceback start) of every log, prefixed with the log's name."""
+    return [f"{name}: {line}" for name, text in logs.items() for line in text.splitlines() if ERROR_LINE.search(line)]
+
+
+def latency_ms(seconds: list[float]) -> dict[str, float]:
+    import numpy
+
+    if not seconds:
+        return {}
+    return {"p50": round(float(numpy.percentile(seconds, 50)) * 1000, 1),
+            "p99": round(float(numpy.percentile(seconds, 99)) * 1000, 1), "count": len(seconds)}
+
+
+def passed(report: dict) -> bool:
+    images = report["images"]
+    return (report["drained"] and images["lost"] == 0 and images["stuck"] == 0 and images["wrong"] == 0
+            and images["requests failed twice"] == 0 and not report["error_lines"])
+
+
+def format_report(report: dict) -> str:
+    images = report["images"]
+    lines = [f"soak: {report['minutes']:g} minutes, {report['cycles']} cycles "
+             f"({'passed' if passed(report) else 'FAILED'})"]
+    lines += [f"  {name:<36} {value}" for name, value in images.items()]
+    lines.append(f"  {'tasks run twice':<36} {report['run_twice']}")
+    for kind, latency in report["latency_ms"].items():
+        lines.append(f"  {kind + ' latency (ms)':<36} p50 {latency.get('p50')}  p99 {latency.get('p99')}  "
+                     f"({latency.get('count', 0)} images)")
+    for kind, seconds in report["recovery_s"].items():
+        lines.append(f"  {'longest recovery, ' + kind:<36} {seconds} s")
+    unrecovered = [f["kind"] for f in report["faults"] if f["recovery_s"] is None]
+    if unrecovered:
+        lines.append(f"  {'NOT recovered':<36} {', '.join(unrecovered)}")
+    lines.append(f"  {'scaler ticks recorded / missed':<36} {report['ticks']['recorded']} / {report['ticks']['missed']}")
+    lines.append(f"  {'housekeeping runs':<36} {report['housekeeping_runs']}")
+    lines.append(f"  {'scale-to-zero cycles':<36} {report['scale_to_zero_cycles']}")
+    lines.append(f"  {'ERROR/CRITICAL log lines':<36} {len(report['error_lines'])}")
+    lines += [f"    {line[:300]}" for line in report["error_lines"]]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Queue and workers (top) and each image's latency (bottom) on one timeline, faults marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = report["started"]
+    fig, (queue_ax, latency_ax) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    records = report["timeline"]
+    t = [r["t"] - t0 for r in records]
+    queue_ax.plot(t, [r["visible"] for r in records], label="waiting", color="tab:blue")
+    queue_ax.plot(t, [r["in_flight"] for r in records], label="in flight", color="tab:cyan")
+    queue_ax.step(t, [r["running"] + r["starting"] for r in records], where="post", label="workers", color="tab:green")
+    queue_ax.set_ylabel("messages / workers")
+    queue_ax.legend(loc="upper right")
+    colours = {"sync": "tab:blue", "upload": "tab:green", "bad": "tab:gray"}
+    for kind, colour in colours.items():
+        points = [(i["t"] - t0, i["latency"]) for i in report["sent"] if i["kind"] == kind and i["latency"]]
+        if points:
+            latency_ax.scatter(*zip(*points), s=4, color=colour, label=kind)
+    latency_ax.set_ylabel("latency (s)")
+    latency_ax.set_xlabel("seconds")
+    latency_ax.legend(loc="upper right")
+    for fault in report["faults"]:
+        for ax in (queue_ax, latency_ax):
+            ax.axvline(fault["t"] - t0, color="tab:red", alpha=0.4, linewidth=0.8)
+        queue_ax.annotate(fault["kind"], (fault["t"] - t0, 1), xycoords=("data", "axes fraction"),
+                          rotation=90, fontsize=7, va="top", color="tab:red")
+    queue_ax.set_title(f"daas soak: {report['minutes']:g} minutes, {report['images']['sent']} images, "
+                       f"{len(report['faults'])} faults")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(out: Path, minutes: float = 30.0) -> dict:
+    """Run the soak for `minutes`, then wait for every image; returns (and writes) the report."""
+    with workspace() as tmp:
+        files = workload(tmp / "images")
+        soak = Soak(out, minutes, tmp)
+        soak.start()
+        try:
+            cycles = soak.cycles(files)
+            drained = soak.drain()
+        finally:
+            soak.stop()
+        report = soak.report(cycles, drained)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "soak.json").write_text(json.dumps(report, indent=1))
+        plot(report, out / "soak.png")
+        return report
+
