@@ -29,7 +29,7 @@ from daas.aws import client
 from daas.config import Settings
 
 log = logging.getLogger(__name__)
-FALLBACK_EVERY = 2.0      # seconds a waiter trusts the reply queue before it also reads the bucket
+FALLBACK_EVERY = 10.0     # seconds a waiter trusts the reply queue before it also reads the bucket
 REFRESH_EVERY = 300.0     # seconds between the listener's proofs of life on its queue
 LONG_POLL = 20
 
@@ -69,7 +69,7 @@ class Replies:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.lock = threading.Lock()
-        self.waiters: dict[str, threading.Event] = {}
+        self.waiters: dict[str, set[threading.Event]] = {}  # several requests may share a chunk
         self.pid, self.url = None, None
 
     def queue_url(self) -> str:
@@ -90,7 +90,7 @@ class Replies:
         bucket, tried every FALLBACK_EVERY seconds); None after `timeout` seconds."""
         event = threading.Event()
         with self.lock:
-            self.waiters[key] = event
+            self.waiters.setdefault(key, set()).add(event)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -107,7 +107,10 @@ class Replies:
                         return found
         finally:
             with self.lock:
-                self.waiters.pop(key, None)
+                waiting = self.waiters.get(key, set())
+                waiting.discard(event)
+                if not waiting:
+                    self.waiters.pop(key, None)
 
     def _listen(self) -> None:
         sqs, url, refreshed = client("sqs", self.settings), self.url, time.monotonic()
@@ -135,8 +138,8 @@ class Replies:
         cache.put_many({reply["key"]: reply["results"] for reply in replies})
         with self.lock:
             for reply in replies:
-                if reply["key"] in self.waiters:
-                    self.waiters[reply["key"]].set()
+                for event in self.waiters.get(reply["key"], ()):
+                    event.set()
 
     def close(self, url: str, pid: int) -> None:
         """Delete the queue this process created (at exit)."""
