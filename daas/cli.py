@@ -42,7 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             time.sleep(0.5)
             for line in supervisor.step():
                 print(line, file=sys.stderr, flush=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TimeoutError) as exc:  # a crash loop, or a stack that never became healthy
         print(f"stopping: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

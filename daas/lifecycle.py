@@ -172,6 +172,11 @@ class Retirement(bootsteps.StartStopStep):
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
         self.cfg = config.load()
+        # Never idle out sooner than the visibility timeout: the images of a worker killed while
+        # this one was busy come back within it, and this one should still be there to take them
+        # (measured in the soak: idling out after 15 s, the pool went to zero with a killed
+        # worker's task invisible, and the task waited 43 s for a new worker to boot).
+        self.idle_timeout = max(self.cfg.idle_timeout, self.cfg.visibility_timeout) if self.cfg.idle_timeout else 0
         self.started = self.last_busy = time.monotonic()
         self.cancelled_at: float | None = None
         self.timer_ref = None
@@ -181,7 +186,7 @@ class Retirement(bootsteps.StartStopStep):
         # The solo pool runs each task inside the event loop, so `check` never sees one active:
         # every finished task counts as activity too.
         signals.task_postrun.connect(self.busy, weak=False)
-        every = min(1.0, (self.cfg.idle_timeout or 4.0) / 4)
+        every = min(1.0, (self.idle_timeout or 4.0) / 4)
         self.timer_ref = consumer.timer.call_repeatedly(every, self.check, (consumer,))
 
     def busy(self, **_) -> None:
@@ -193,7 +198,7 @@ class Retirement(bootsteps.StartStopStep):
         if self.cancelled_at is None:
             if worker_state.active_requests or worker_state.reserved_requests:
                 self.last_busy = now
-            reason = retirement(now, self.last_busy, self.started, idle_timeout=self.cfg.idle_timeout,
+            reason = retirement(now, self.last_busy, self.started, idle_timeout=self.idle_timeout,
                                 max_lifetime=self.cfg.max_lifetime)
             if reason:
                 log.info("%s: no longer consuming; shutting down once the last poll is over", reason)

@@ -71,3 +71,30 @@ def test_truncated_image_passes_the_header_check_but_fails_decoding():
 def test_bomb_is_refused_before_any_pixel_is_decoded():
     with pytest.raises(images.BadImage, match="megapixels"):
         images.decode(png_header_only(30000, 30000), LIMITS["max_pixels"])
+
+
+def test_a_49_megapixel_rgba_png_costs_a_worker_at_most_4_bytes_per_pixel(tmp_path):
+    """The bound stated in README (Memory per image is bounded), in a fresh process: before, this
+    200 KB image took a worker from 204 to 812 MB (three full-size copies to flatten it)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.png"
+    Image.new("RGBA", (7000, 7000), (40, 80, 120, 128)).save(path)
+    assert path.stat().st_size < 1_000_000
+    # VmHWM, the process's peak resident size: unlike ru_maxrss it does not carry over from the
+    # parent that forked this process.
+    script = f"""
+from daas import images
+def peak():
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+data = open({str(path)!r}, "rb").read()
+rest = peak()
+image = images.decode(data, 50_000_000, draft_size=images.WORKER_DRAFT_SIZE)
+print(image.size, peak() - rest)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    size, growth = done.stdout.rsplit(" ", 1)
+    assert size.startswith("(538, 538)")
+    assert int(growth) <= 4 * 7000 * 7000 + 20 * MB, f"{int(growth) / MB:.0f} MB for one image"

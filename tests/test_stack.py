@@ -28,7 +28,7 @@ def session_processes(sid: int) -> list[str]:
 def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
     ports = {"DAAS_WEB_PORT": free_port(), "DAAS_AWS_PORT": free_port(), "DAAS_FLOWER_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "DAAS_STATE_DIR": str(tmp_path / "state"),
-           "DAAS_IDLE_TIMEOUT": "3", "DAAS_SCALE_INTERVAL": "1", "DAAS_FLOWER_PASSWORD": "s3cret"}
+           "DAAS_IDLE_TIMEOUT": "3", "DAAS_VISIBILITY_TIMEOUT": "4", "DAAS_SCALE_INTERVAL": "1", "DAAS_FLOWER_PASSWORD": "s3cret"}
     up = subprocess.Popen([sys.executable, "-m", "daas", "up"], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
     web = f"http://127.0.0.1:{ports['DAAS_WEB_PORT']}"

@@ -254,7 +254,8 @@ def start_workers(running: Stack, count: int, timeout: float = 180) -> None:
 @contextmanager
 def elastic_stack(base: config.Settings, tmp: Path, name: str) -> Iterator[tuple[Stack, str]]:
     """A stack with zero workers, the autoscaler ticking every second, workers idling out after 5 s."""
-    with stack(base, tmp, name, scale_min=0, scale_interval=1.0, idle_timeout=ELASTIC_IDLE_S) as (running, url):
+    with stack(base, tmp, name, scale_min=0, scale_interval=1.0, idle_timeout=ELASTIC_IDLE_S,
+               visibility_timeout=int(ELASTIC_IDLE_S)) as (running, url):  # workers idle out no sooner
         running.start_controller()
         wait_until(lambda: bool(timeline.read(running.settings.state_dir)), 120, "the autoscaler's first tick")
         yield running, url
@@ -502,8 +503,9 @@ def one_upload_mode(url: str, files: list[File], log: Path, count: int = BURST) 
 
 
 def raw_and_service(base: config.Settings, tmp: Path, name: str, files: list[File], count: int,
-                    workers: int, cores: set[int], single: int = 0, burst: int = BURST) -> dict:
-    """Raw and service in turn, ROUNDS times each, with `workers` processes on `cores` (the raw
+                    workers: int, cores: set[int], single: int = 0, burst: int = BURST,
+                    rounds: int = ROUNDS) -> dict:
+    """Raw and service in turn, `rounds` times each, with `workers` processes on `cores` (the raw
     processes idle while the workers run, and the other way round); then single, when asked.
     Each mode reports its median run."""
     settings = base.with_(scale_max=workers)
@@ -516,8 +518,8 @@ def raw_and_service(base: config.Settings, tmp: Path, name: str, files: list[Fil
             start_workers(running, workers)
         classify_all(url, cycle(files, 2 * workers * settings.images_per_task))  # warm-up: a few tasks each
         raws, services = [], []
-        for round_ in range(1, ROUNDS + 1):
-            print(f"{name}: round {round_} of {ROUNDS}: raw, then service, {count} images each…", flush=True)
+        for round_ in range(1, rounds + 1):
+            print(f"{name}: round {round_} of {rounds}: raw, then service, {count} images each…", flush=True)
             raws.append(raw_run(pool, files, count))
             services.append(service_run(url, files, count))
         modes = {"raw": {"processes": workers, **median_run(raws)},
@@ -529,7 +531,7 @@ def raw_and_service(base: config.Settings, tmp: Path, name: str, files: list[Fil
             log = tmp / "aws" / "aws.log"  # the local endpoint's access log (see local_aws)
             print(f"{name}: {burst} concurrent /classify, then the same images as one upload, in turn…", flush=True)
             bursts, uploads = [], []
-            for _ in range(BURST_ROUNDS):
+            for _ in range(max(1, rounds * BURST_ROUNDS // ROUNDS)):
                 bursts.append(burst_mode(url, files, log, burst))
                 uploads.append(one_upload_mode(url, files, log, burst))
             modes["burst"], modes["one_upload"] = median_run(bursts), median_run(uploads)
@@ -617,7 +619,7 @@ def judge(figures: dict[str, float]) -> list[dict]:
 
 
 def run_all(out: Path, count: int = 120, *, workers: int | None = None, single: int | None = None,
-            baseline_sample: int = 5, cold_images: int = 30, burst: int = BURST) -> dict:
+            baseline_sample: int = 5, cold_images: int = 30, burst: int = BURST, rounds: int = ROUNDS) -> dict:
     """Every mode of `bench` on `count` images; writes <out>/bench.json and <out>/bench.png.
     `workers`: processes of raw and service (default: WORKERS_PER_CORE per worker core)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -634,8 +636,9 @@ def run_all(out: Path, count: int = 120, *, workers: int | None = None, single: 
                 "prefetch_multiplier": base.prefetch_multiplier, "batch": BATCH, "poll_s": POLL_S,
                 "cold": {"workers_max": base.scale_max, "scale_interval_s": 1.0, "idle_timeout_s": ELASTIC_IDLE_S},
                 "images": count, "distinct_images": [{"name": n, "bytes": len(d)} for n, d in files]}}
-            modes = raw_and_service(base, tmp, "service", files, count, workers, back, single, burst)
-            modes["colocated"] = raw_and_service(base, tmp, "colocated", files, count, workers, everywhere)
+            modes = raw_and_service(base, tmp, "service", files, count, workers, back, single, burst, rounds)
+            modes["colocated"] = raw_and_service(base, tmp, "colocated", files, count, workers, everywhere,
+                                                 rounds=rounds)
             with on_cores(everywhere):
                 print(f"baseline: {baseline_sample} processes, one per image…", flush=True)
                 modes["baseline"] = baseline_mode(base, tmp / "images", files, baseline_sample)

@@ -8,8 +8,8 @@ until the time is up:
 2. a multi-image upload through `POST /api/jobs`, and (every third cycle) a mix of bad uploads
    (empty, not an image, a decompression bomb's header, oversized, truncated) and a malformed
    message sent straight to the classify queue;
-3. one fault in turn: SIGKILL of the controller, of the web tier, of beat, or SIGSTOP of the
-   controller (a stall `up` must notice);
+3. one fault in turn: SIGKILL of the controller, SIGSTOP of the controller (a stall `up` must
+   notice), SIGKILL of the web tier, of beat;
 4. an idle gap longer than the idle timeout: the pool goes to zero, and the next burst brings it back.
 
 Then it waits for every accepted image and reports: images sent, right, wrong, lost, stuck, run
@@ -42,7 +42,7 @@ from daas.bench import build_images, workspace
 from daas.broker import LOCAL_CREDENTIALS
 from daas.stack import PYTHON, free_port
 
-FAULTS = ("controller", "web", "beat", "stall")
+FAULTS = ("controller", "stall", "web", "beat")  # one per cycle, in this order
 BURST = 100                  # concurrent POST /classify, as the original load generator sent them
 UPLOAD = 30                  # images per multi-image upload
 RECOVERY_TIMEOUT = 120.0
@@ -56,7 +56,7 @@ def profile(minutes: float) -> dict[str, str]:
     so that a few minutes still hold several housekeeping runs and a scale-to-zero cycle."""
     if minutes >= 10:
         return {"DAAS_IDLE_TIMEOUT": "60"}
-    return {"DAAS_IDLE_TIMEOUT": "15", "DAAS_SWEEP_INTERVAL": "20", "DAAS_HEARTBEAT_INTERVAL": "5",
+    return {"DAAS_IDLE_TIMEOUT": "20", "DAAS_SWEEP_INTERVAL": "20", "DAAS_HEARTBEAT_INTERVAL": "5",
             "DAAS_STALL_TIMEOUT": "30"}
 
 
@@ -267,8 +267,9 @@ class Soak:
 
     def cycles(self, files: list[tuple[str, bytes, str]]) -> int:
         """Repeat the cycle (see the module's docstring) until the time is up; returns how many ran."""
-        deadline, cycle = self.started + self.minutes * 60, 0
-        while time.time() < deadline:
+        deadline, cycle, longest = self.started + self.minutes * 60, 0, 0.0
+        while time.time() + longest < deadline:  # a cycle starts only if one as long as the longest fits
+            began = time.time()
             self.burst(files, kill_worker=True)
             self.upload("upload", [files[(cycle * UPLOAD + i) % len(files)] for i in range(UPLOAD)])
             if cycle % 3 == 0:
@@ -277,7 +278,7 @@ class Soak:
             self.inject(FAULTS[cycle % len(FAULTS)])
             self.collect()
             self.idle_gap()
-            cycle += 1
+            cycle, longest = cycle + 1, max(longest, time.time() - began)
         return cycle
 
     def drain(self, timeout: float = 180.0) -> bool:

@@ -1,0 +1,27 @@
+"""The soak benchmark's short version: `python -m daas up` for 4 minutes under bursts of the
+original client, uploads, bad input, idle gaps and injected faults (daas/bench/soak.py).
+
+It lives through several housekeeping runs and a scale-to-zero cycle, with a busy worker, the
+controller, the web tier and beat killed and the controller stalled, and asserts what matters:
+nothing lost or stuck, nothing wrong, nothing run twice, every fault recovered (a killed worker's
+images within 30 s), and not one ERROR or CRITICAL line in any log.
+"""
+from daas.bench import soak
+
+
+def test_four_minutes_of_load_and_faults_lose_nothing_and_log_no_error(tmp_path):
+    report = soak.run(tmp_path, minutes=4)
+    print(soak.format_report(report))
+    images = report["images"]
+    assert report["drained"], "every accepted image gets its result, every malformed message is reaped"
+    assert images["lost"] == images["stuck"] == images["wrong"] == images["requests failed twice"] == 0
+    assert images["right"] > 300 and images["sync answered 504"] == 0
+    assert images["bad, rejected at the edge"] > 0 and images["bad, error result"] > 0
+    assert report["run_twice"] == 0
+    assert report["error_lines"] == []
+    assert report["housekeeping_runs"] >= 3 and report["scale_to_zero_cycles"] >= 1
+    kinds = {fault["kind"] for fault in report["faults"]}
+    assert {"worker", "controller", "stall", "malformed message"} <= kinds
+    assert all(fault["recovery_s"] is not None for fault in report["faults"]), report["faults"]
+    assert report["recovery_s"]["worker"] <= 30
+    assert (tmp_path / "soak.json").exists() and (tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG"
