@@ -78,13 +78,15 @@ def cmd_init(_args: argparse.Namespace) -> int:
 
 def cmd_web(args: argparse.Namespace) -> int:
     from daas import aws
-    from daas.serving import serve
-    from web import create_app
+    from daas.serving import limit_malloc_arenas, serve
+    from web import create_app, warm_up
 
     settings = config.load()
     aws.ROLE = "web"
+    limit_malloc_arenas()
     serve(create_app(settings), settings.host, settings.web_port, workers=settings.web_workers,
-          threads=settings.web_threads, timeout=settings.web_timeout, name="daas-web")
+          threads=settings.web_threads, timeout=settings.web_timeout, name="daas-web",
+          warm_up=lambda: warm_up(settings))
     return 0
 
 

@@ -98,3 +98,13 @@ print(image.size, peak() - rest)
     size, growth = done.stdout.rsplit(" ", 1)
     assert size.startswith("(538, 538)")
     assert int(growth) <= 4 * 7000 * 7000 + 20 * MB, f"{int(growth) / MB:.0f} MB for one image"
+
+
+def test_junk_after_a_jpeg_marker_is_rejected_from_its_header_reads(monkeypatch):
+    """Pillow reads junk between JPEG markers a byte at a time: a 10 MB file of it used to keep a web
+    thread busy for seconds. The header gets HEADER_READS reads; then the file is not an image."""
+    junk = b"\xff\xd8\xff\xe0" + bytes(10 * MB - 10)
+    with pytest.raises(images.BadImage, match="not an image we can read"):
+        images.check_upload(junk, **LIMITS)
+    monkeypatch.setattr(images, "HEADER_READS", 100)  # and a real header needs a few dozen
+    assert images.check_upload(encode(Image.new("RGB", (300, 200)), "JPEG"), **LIMITS) == (300, 200)

@@ -26,7 +26,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -90,7 +89,6 @@ class Fault:
 
 @dataclass
 class Soak:
-    out: Path
     minutes: float
     tmp: Path
     sent: list[Sent] = field(default_factory=list)
@@ -520,7 +518,7 @@ def run(out: Path, minutes: float = 30.0) -> dict:
     """Run the soak for `minutes`, then wait for every image; returns (and writes) the report."""
     with workspace() as tmp:
         files = workload(tmp / "images")
-        soak = Soak(out, minutes, tmp)
+        soak = Soak(minutes, tmp)
         soak.start()
         try:
             cycles = soak.cycles(files)
