@@ -2,36 +2,28 @@
 
 The controller writes `tick.json` in the state folder at every scaling decision (with what it
 measured: GET /api/status serves it), beat writes `beat.json` whenever it wakes up to send due
-tasks. Both are plain files, atomically replaced: the web tier, the controller and beat share one
+tasks (daas.state: replaced atomically). The web tier, the controller and beat share one
 host and one state folder (`daas up` locally, the control host's systemd units on AWS). From their
 ages `problem` tells whether the autoscaler is working and, if not, whose fault it is: `/healthz`
 answers 503 with that sentence, and `daas up` restarts the process it names.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
+from daas import state
 from daas.config import TICKS_MISSED_UNHEALTHY, Settings
 
 TICK, BEAT = "tick.json", "beat.json"
 
 
 def record(state_dir: Path, name: str, document: dict) -> None:
-    """Replace the record `name` atomically: a reader sees the old one or the new one, whole."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    temporary = state_dir / f".{name}.{os.getpid()}"
-    temporary.write_text(json.dumps(document))
-    temporary.replace(state_dir / name)
+    state.write_json(state_dir / name, document)
 
 
 def read(state_dir: Path, name: str) -> dict | None:
-    try:
-        return json.loads((state_dir / name).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+    return state.read_json(state_dir / name)
 
 
 def problem(settings: Settings, now: float | None = None) -> tuple[str, str] | None:

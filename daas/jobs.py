@@ -129,22 +129,19 @@ def nudge_autoscaler(settings: Settings) -> None:
     scale.apply_async(queue=settings.control_queue, expires=settings.scale_interval)
 
 
-_cache = replies.cache
-
-
 def status(settings: Settings, job_id: str) -> dict | None:
     """The job with each image's state; None for an unknown job id."""
     if not re.fullmatch(r"[0-9a-f]{32}", job_id):
         return None
     key = storage.manifest_key(job_id)
-    manifest = _cache.get_many([key]).get(key) or storage.get_manifest(settings, job_id)
+    manifest = replies.cache.get_many([key]).get(key) or storage.get_manifest(settings, job_id)
     if manifest is None:
         return None
-    _cache.put_many({key: manifest})
+    replies.cache.put_many({key: manifest})
     finished = storage.finished_keys(settings, job_id)
-    known = _cache.get_many(list(finished))
+    known = replies.cache.get_many(list(finished))
     fetched = storage.get_many_results(settings, sorted(finished - known.keys()))
-    _cache.put_many(fetched)
+    replies.cache.put_many(fetched)
     by_id = {result["id"]: result for chunk in (*known.values(), *fetched.values()) for result in chunk}
     images = [by_id.get(image["id"]) or results.queued(image["id"], image["name"]) for image in manifest["images"]]
     done = sum(image["status"] != "queued" for image in images)

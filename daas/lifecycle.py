@@ -24,7 +24,7 @@ from celery.worker import state as worker_state
 from daas import config, fleet, storage
 from daas.aws import client
 from daas.broker import LONG_POLL_SECONDS
-from daas.watchdog import Duty, Watchdog, notify
+from daas.watchdog import Duty, Watchdog, notify, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,12 @@ def register(folder: Path) -> None:
 
 
 # -- keep held messages invisible ------------------------------------------------------------------
-def held_messages() -> dict[str, str]:
-    """{receipt handle: queue URL} of every message this worker holds (running or prefetched)."""
-    for _ in range(3):  # the sets change under us while the consumer works: try again
-        try:
-            requests = list(worker_state.active_requests) + list(worker_state.reserved_requests)
-            break
-        except RuntimeError:
-            continue
-    else:
-        return {}
+def held_messages() -> dict[str, str] | None:
+    """{receipt handle: queue URL} of every message this worker holds (running or prefetched);
+    None if Celery's sets could not be read this time."""
+    requests = snapshot(worker_state.active_requests, worker_state.reserved_requests)
+    if requests is None:
+        return None
     held = {}
     for request in requests:
         info = request.message.delivery_info
@@ -102,6 +98,8 @@ class VisibilityKeeper:
 
     def extend(self) -> None:
         now, held = time.monotonic(), held_messages()
+        if held is None:  # next round (a quarter of the timeout) will do
+            return
         due: dict[str, list[str]] = {}
         for handle, url in held.items():
             seen = self.first_seen.setdefault(handle, now)

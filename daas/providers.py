@@ -1,7 +1,6 @@
 """Where workers run: local OS processes (the embedded default) or EC2 instances. One interface."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,7 +16,7 @@ from typing import Protocol
 
 from botocore.exceptions import ClientError
 
-from daas import aws, config
+from daas import aws, config, state
 from daas.fleet import Worker
 
 log = logging.getLogger(__name__)
@@ -157,19 +156,12 @@ class EC2Provider:
                 for reservation in page["Reservations"] for instance in reservation["Instances"]}
 
     def _remembered(self) -> dict[str, float]:
-        try:
-            return json.loads(self.launches_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
+        return state.read_json(self.launches_file, {})
 
     def _remember(self, ids: list[str]) -> None:
         now = time.time()
         recent = {iid: at for iid, at in self._remembered().items() if now - at < REMEMBER_LAUNCHES_S}
-        recent.update(dict.fromkeys(ids, now))
-        self.launches_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.launches_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(recent))
-        temporary.replace(self.launches_file)
+        state.write_json(self.launches_file, {**recent, **dict.fromkeys(ids, now)})
 
     def _live(self) -> dict[str, tuple[str, float]]:
         return instance_states(self._described(), self._remembered(), time.time())

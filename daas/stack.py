@@ -6,7 +6,6 @@ after everything that talks to it.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daas import config
+from daas import config, state
 from daas.broker import LOCAL_CREDENTIALS
 
 PYTHON = sys.executable
@@ -95,10 +94,8 @@ class Stack:
 
     def _record_pids(self) -> None:
         """`<state>/processes.json`: {name: pid} of the running children, for operators and the soak."""
-        state = self.settings.state_dir
-        state.mkdir(parents=True, exist_ok=True)
-        (state / ".processes.tmp").write_text(json.dumps({name: p.pid for name, p in self.processes.items()}))
-        (state / ".processes.tmp").replace(state / "processes.json")
+        state.write_json(self.settings.state_dir / "processes.json",
+                         {name: process.pid for name, process in self.processes.items()})
 
     def restart_exited(self, limit: int = 5, window: float = 60.0) -> list[tuple[str, int]]:
         """Start again every process that exited, as a supervisor would: (name, exit code) each.

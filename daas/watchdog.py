@@ -57,14 +57,21 @@ def stalled_for(now: float, ready: float, last_poll: float | None, task_starts: 
     return now - max(ready, last_poll or ready)
 
 
-def running_task_starts() -> list[float]:
-    """When each task this process is running started (epoch seconds)."""
-    for _ in range(3):  # the sets change under us while the consumer works: try again
+def snapshot(*requests) -> list | None:
+    """A copy of Celery's sets of requests (worker_state.active_requests, ...), taken from another
+    thread than the consumer's; None if they kept changing under us."""
+    for _ in range(3):
         try:
-            return [request.time_start or time.time() for request in list(worker_state.active_requests)]
-        except RuntimeError:
+            return [request for requests_ in requests for request in list(requests_)]
+        except RuntimeError:  # "set changed size during iteration"
             continue
-    return [time.time()]
+    return None
+
+
+def running_task_starts() -> list[float]:
+    """When each task this process is running started (epoch seconds); now, if unknown."""
+    running = snapshot(worker_state.active_requests)
+    return [time.time()] if running is None else [request.time_start or time.time() for request in running]
 
 
 @dataclass

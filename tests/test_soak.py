@@ -15,7 +15,8 @@ def test_four_minutes_of_load_and_faults_lose_nothing_and_log_no_error(tmp_path)
     images = report["images"]
     assert report["drained"], "every accepted image gets its result, every malformed message is reaped"
     assert images["lost"] == images["stuck"] == images["wrong"] == images["requests failed twice"] == 0
-    assert images["right"] > 300 and images["sync answered 504"] == 0
+    assert report["cycles"] >= 3 and report["ran_s"] >= 200
+    assert images["right"] >= 3 * soak.BURST and images["sync answered 504"] == 0
     assert images["bad, rejected at the edge"] > 0 and images["bad, error result"] > 0
     assert report["run_twice"] == 0
     assert report["error_lines"] == []

@@ -92,6 +92,13 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
     for port in ports.values():
         with __import__("socket").socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+    # Production servers only (gunicorn for the web tier and the endpoint), and a clean run.
+    logs = {path.name: path.read_text(errors="replace") for path in (tmp_path / "state" / "logs").glob("*.log")}
+    assert {"web.log", "aws.log", "controller.log", "beat.log", "flower.log", "workers.log"} <= set(logs)
+    assert "Starting gunicorn" in logs["web.log"] and "Starting gunicorn" in logs["aws.log"]
+    for name, text in logs.items():
+        for bad in ("development server", "Unrecoverable", "Error in timer", "CRITICAL"):
+            assert bad not in text, f"{name}: {bad}"
 
 
 def test_local_endpoint_memo_matches_moto():
