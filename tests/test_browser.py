@@ -86,3 +86,34 @@ def test_status_panel_and_flower_dashboard_show_a_real_run(local_aws, browser, t
 
         browser.get(service.url + "/ops/timeline")
         assert browser.find_element(By.ID, "timeline").get_attribute("alt")
+
+
+def test_with_api_keys_the_form_asks_for_the_key_once_and_keeps_it(local_aws, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from daas.stack import Stack
+    from tests.conftest import make_settings
+
+    settings = make_settings(local_aws, tmp_path, api_keys="s3cret-key")
+    photo = tmp_path / "coffee.png"
+    photo.write_bytes(skimage_photo("coffee.png"))
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        url = stack.start_web()
+        stack.start_worker()
+        browser.get(url + "/")
+        browser.execute_script("localStorage.clear()")
+        browser.get(url + "/")
+        browser.find_element(By.ID, "images").send_keys(str(photo))
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 30, 0.2).until(
+            lambda d: "needs a valid API key" in d.find_element(By.ID, "key-state").text)
+        assert "API key" in browser.find_element(By.ID, "message").text
+        browser.find_element(By.ID, "api-key").send_keys("s3cret-key")
+        browser.find_element(By.ID, "save-key").click()
+        browser.get(url + "/")  # kept in the browser: a new page load needs no typing
+        assert browser.find_element(By.ID, "api-key").get_attribute("value") == "s3cret-key"
+        browser.find_element(By.ID, "images").send_keys(str(photo))
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 90, 0.2).until(
+            lambda d: [r.text for r in d.find_elements(By.CSS_SELECTOR, "#results tbody tr.done summary")] == ["espresso"])
