@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 
 from celery.beat import PersistentScheduler
@@ -44,8 +45,18 @@ def measure(settings: config.Settings, workers: Provider) -> dict:
     return {"queue": depth, "workers": {"running": running, "starting": starting}, "provider": settings.provider}
 
 
+# The controller runs its tasks on threads (see daas.cli): a beat tick and an upload's nudge may
+# arrive together, and two decisions on the same counts would launch twice what is needed.
+_deciding = threading.Lock()
+
+
 @app.task(name="daas.scale", ignore_result=True)
 def scale() -> int:
+    with _deciding:
+        return _scale()
+
+
+def _scale() -> int:
     settings, workers = config.load(), provider()
     status = measure(settings, workers)
     depth, counts = status["queue"], status["workers"]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 
 def write_json(path: Path, document) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")  # threads write too
     temporary.write_text(json.dumps(document))
     temporary.replace(path)
 

@@ -78,7 +78,6 @@ class Supervisor:
             pass
         process.wait()
         self.failures[name] = 0
-        self.stack.restart_exited()
         self.started[name] = time.monotonic()
 
 

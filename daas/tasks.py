@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import re
+import threading
 import time
 
 from botocore.exceptions import ClientError
@@ -103,15 +104,25 @@ def reap(cfg: config.Settings) -> int:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
+_housekeeping = threading.Lock()
+
+
 @app.task(name="daas.housekeeping", ignore_result=True)
 def housekeeping() -> dict:
     """The controller's periodic housekeeping (every DAAS_SWEEP_INTERVAL): end broken workers, then
-    delete what dead processes left behind."""
+    delete what dead processes left behind. A run that finds the previous one still going (the
+    controller's tasks run on threads) skips: the next one does the work."""
     from daas.autoscale import provider
 
-    cfg = settings()
-    ended, live_nodes = end_broken_workers(cfg, provider())
-    return {"ended": ended, "removed": sweep(cfg, {pidbox_queue(cfg, node) for node in live_nodes})}
+    if not _housekeeping.acquire(blocking=False):
+        log.warning("housekeeping skipped: the previous run is still going")
+        return {}
+    try:
+        cfg = settings()
+        ended, live_nodes = end_broken_workers(cfg, provider())
+        return {"ended": ended, "removed": sweep(cfg, {pidbox_queue(cfg, node) for node in live_nodes})}
+    finally:
+        _housekeeping.release()
 
 
 def end_broken_workers(cfg: config.Settings, workers) -> tuple[dict[str, str], set[str]]:
@@ -119,8 +130,8 @@ def end_broken_workers(cfg: config.Settings, workers) -> tuple[dict[str, str], s
     (see daas.fleet.verdicts), and forget the records of dead workers. Returns ({worker id: why
     it ended}, the nodes of the live workers)."""
     beats, now = fleet.heartbeats(cfg), time.time()
-    known = workers.workers()
-    ended = fleet.verdicts(known, fleet.latest_by_worker(beats, workers.worker_id), now,
+    known, owner = workers.workers(), fleet.owners(beats, workers.worker_id)
+    ended = fleet.verdicts(known, fleet.latest_by_worker(beats, owner), now,
                            join_timeout=cfg.ec2_join_timeout, stale_after=cfg.stale_after,
                            max_lifetime=cfg.max_lifetime)
     for worker_id, why in ended.items():
@@ -129,9 +140,7 @@ def end_broken_workers(cfg: config.Settings, workers) -> tuple[dict[str, str], s
     alive = {worker.id for worker in known} - ended.keys()
     live_nodes = set()
     for node, at in beats.items():
-        parsed = fleet.parse_node(node)
-        worker_id = workers.worker_id(*parsed) if parsed else None
-        if fleet.is_fresh(at, cfg, now) and (worker_id is None or worker_id in alive):
+        if now - at <= cfg.stale_after and (owner[node] is None or owner[node] in alive):
             live_nodes.add(node)
         else:
             fleet.forget(cfg, node)
