@@ -38,11 +38,13 @@ class Coalescer:
 
     def enqueue(self, client: str, accepted: tuple) -> tuple[str, str]:
         """Enqueue one checked image with whatever else is waiting: (its job id, the results key
-        of its task). Raises what enqueueing raised."""
+        of its task). Raises what enqueueing raised, or TimeoutError when storage or the broker
+        did not answer within DAAS_RESULT_TIMEOUT (the request's thread is not held for ever)."""
         self._start()
         ticket = Ticket(client, accepted)
         self.waiting.put(ticket)
-        ticket.done.wait()
+        if not ticket.done.wait(self.settings.result_timeout):
+            raise TimeoutError(f"storing and enqueueing the image took over {self.settings.result_timeout:.0f} s")
         if ticket.error:
             raise ticket.error
         return ticket.job_id, ticket.key

@@ -157,7 +157,10 @@ def classify_one(settings: Settings, upload: Upload, client: str = "") -> tuple[
     from daas.coalesce import for_settings as coalescer
 
     accepted, _ = check(settings, [upload])
-    job_id, key = coalescer(settings).enqueue(client, accepted[0])
+    try:
+        job_id, key = coalescer(settings).enqueue(client, accepted[0])
+    except TimeoutError as exc:
+        raise Rejected(f"the service could not store the image in time ({exc}): retry later", 503) from exc
     image = accepted[0][0]
     found = replies.for_settings(settings).wait(key, lambda: storage.get_results(settings, key),
                                                 settings.result_timeout)

@@ -92,19 +92,19 @@ class Replies:
         with self.lock:
             self.waiters.setdefault(key, set()).add(event)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                found = cache.get_many([key]).get(key)
-                if found is not None:
-                    return found
+            deadline, found = time.monotonic() + timeout, cache.get_many([key]).get(key)
+            while found is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
-                if not event.wait(min(FALLBACK_EVERY, left)):
+                woken = event.wait(min(FALLBACK_EVERY, left))
+                event.clear()
+                found = cache.get_many([key]).get(key) if woken else None
+                if found is None:  # silence for a while, or a reply already evicted from the cache
                     found = fetch()
                     if found is not None:
                         cache.put_many({key: found})
-                        return found
+            return found
         finally:
             with self.lock:
                 waiting = self.waiters.get(key, set())
@@ -118,27 +118,33 @@ class Replies:
             try:
                 messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
                                                WaitTimeSeconds=LONG_POLL).get("Messages", [])
+                self._deliver(messages)
+                if messages:
+                    sqs.delete_message_batch(QueueUrl=url, Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+                if time.monotonic() - refreshed > REFRESH_EVERY:  # the sweeper reads LastModifiedTimestamp
+                    sqs.set_queue_attributes(QueueUrl=url,
+                                             Attributes={"ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})
+                    refreshed = time.monotonic()
             except Exception as exc:  # the endpoint restarting, or the queue gone: a new one then
-                log.warning("receiving replies failed: %r", exc)
+                log.warning("the reply listener failed: %r", exc)
                 time.sleep(1)
                 if queue_missing(exc):
                     with self.lock:
                         self.url = url = self._create()
-                continue
-            self._deliver(messages)
-            if messages:
-                sqs.delete_message_batch(QueueUrl=url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
-            if time.monotonic() - refreshed > REFRESH_EVERY:  # the sweeper reads LastModifiedTimestamp
-                sqs.set_queue_attributes(QueueUrl=url, Attributes={"ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})
-                refreshed = time.monotonic()
 
     def _deliver(self, messages: list[dict]) -> None:
-        replies = [json.loads(m["Body"]) for m in messages]
-        cache.put_many({reply["key"]: reply["results"] for reply in replies})
+        replies = []
+        for message in messages:  # the queue is ours, but a reply we cannot read must not stop the rest
+            try:
+                reply = json.loads(message["Body"])
+                replies.append((reply["key"], reply["results"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("dropping an unreadable reply: %r", exc)
+        cache.put_many(dict(replies))
         with self.lock:
-            for reply in replies:
-                for event in self.waiters.get(reply["key"], ()):
+            for key, _ in replies:
+                for event in self.waiters.get(key, ()):
                     event.set()
 
     def close(self, url: str, pid: int) -> None:
@@ -164,10 +170,14 @@ def for_settings(settings: Settings) -> Replies:
 
 
 def send(settings: Settings, url: str, key: str, results: list[dict]) -> None:
-    """A worker's reply: the chunk's results, to the queue of the web process that enqueued it."""
+    """A worker's reply: the chunk's results, to the queue of the web process that enqueued it.
+    Best effort: the results are already stored, and a waiter that hears nothing reads the bucket
+    (failing here would have the chunk classified again)."""
     try:
         client("sqs", settings).send_message(QueueUrl=url, MessageBody=reply_message(key, results))
-    except Exception as exc:  # that web process is gone; its waiters (if any) read the bucket
-        if not queue_missing(exc):
-            raise
-        log.info("the reply queue %s is gone; the results are in the output bucket", url.rsplit("/", 1)[-1])
+    except Exception as exc:
+        queue = url.rsplit("/", 1)[-1]
+        if queue_missing(exc):  # that web process is gone
+            log.info("the reply queue %s is gone; the results are in the output bucket", queue)
+        else:
+            log.warning("could not reply to %s (its waiters read the output bucket): %r", queue, exc)

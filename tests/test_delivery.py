@@ -37,7 +37,7 @@ def test_images_held_by_a_killed_worker_come_back(local_aws, tmp_path):
 
 
 def big_png() -> bytes:
-    """A 49-megapixel PNG of a few hundred bytes: about half a second to decode."""
+    """A 49-megapixel PNG of a few hundred bytes: a quarter to half a second to decode."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -59,18 +59,20 @@ def task_lines(log_dir: Path, event: str) -> list[str]:
 
 
 def test_a_long_task_runs_once_and_its_busy_worker_lives_through_housekeeping(local_aws, tmp_path):
-    """Ten 49-megapixel PNGs (several seconds, against a 2-second visibility timeout) on one of two
-    workers: the busy worker keeps its message invisible and keeps beating while the task runs, so
-    the other never gets the message, and housekeeping leaves the busy worker and its pidbox alone."""
+    """Thirty 49-megapixel PNGs in one task (7 s on a fast 2-core machine, half a minute on a slow
+    one, against a 2-second visibility timeout) on one of two workers: the busy worker keeps its
+    message invisible and keeps beating while the task runs, so the other never gets the message,
+    and housekeeping leaves the busy worker and its pidbox alone."""
     from daas import tasks
     from daas.providers import LocalProvider
 
-    settings = make_settings(local_aws, tmp_path, visibility_timeout=2, heartbeat_interval=1)
+    settings = make_settings(local_aws, tmp_path, visibility_timeout=2, heartbeat_interval=1, images_per_task=30)
     with Stack(settings, log_dir=tmp_path / "logs") as stack:
         service = Service(stack, stack.start_web())
         workers = [stack.start_worker("first"), stack.start_worker("second")]
         wait_for(lambda: len(fleet.heartbeats(settings)) == 2, 90, "both workers to beat")
-        job = service.submit([(f"big{i}.png", big_png()) for i in range(10)]).json()
+        png = big_png()
+        job = service.submit([(f"big{i}.png", png) for i in range(30)]).json()
         wait_for(lambda: task_lines(tmp_path / "logs", "received"), 60, "a worker to take the task")
         started = time.monotonic()
         while not service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "done":
@@ -151,3 +153,25 @@ def test_a_failure_that_cannot_be_recorded_waits_for_storage_in_the_dead_letter_
         assert tasks.reap(settings) == 1
         image = service.wait_job(job["job_id"], timeout=10)["images"][0]
         assert image["status"] == "error" and "3 attempts failed" in image["error"]
+
+
+def test_the_reply_listener_lives_through_unreadable_replies_and_replying_never_raises(local_aws, tmp_path):
+    """A web process's listener skips what it cannot read and wakes the waiter of the next reply; a
+    worker whose reply cannot be sent (the web process gone) still finishes its task."""
+    import json
+
+    from daas import replies
+
+    settings = make_settings(local_aws, tmp_path)
+    box = replies.Replies(settings)
+    url = box.queue_url()
+    sqs = aws.client("sqs", settings)
+    try:
+        sqs.send_message(QueueUrl=url, MessageBody="not json")
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"no": "key"}))
+        time.sleep(1)
+        replies.send(settings, url, "job/chunk", [{"id": "a", "label": "espresso"}])
+        assert box.wait("job/chunk", lambda: None, timeout=30) == [{"id": "a", "label": "espresso"}]
+        replies.send(settings, url.rsplit("/", 1)[0] + "/gone", "job/other", [])  # logged, not raised
+    finally:
+        box.close(url, os.getpid())
