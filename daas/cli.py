@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import secrets
 import signal
 import sys
@@ -59,11 +60,24 @@ def flower_credentials(settings: config.Settings) -> tuple[config.Settings, str]
     if settings.flower_password:
         return settings, "from DAAS_FLOWER_PASSWORD"
     path = settings.state_dir / "flower-password"
-    if not path.exists():
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(12))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:  # exclusive: Flower and the web tier may start together, and must agree
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(secrets.token_urlsafe(12))
+    except FileExistsError:
+        pass
     return settings.with_(flower_password=path.read_text().strip()), f"in {path}"
+
+
+def cmd_flower(_args: argparse.Namespace) -> int:
+    """Flower behind basic auth. The credentials reach it in its environment (Flower reads
+    FLOWER_<option> variables), never on a command line that `ps` shows."""
+    settings, _ = flower_credentials(config.load())
+    os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password}"
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "daas.celery_app", "flower",
+                              f"--address={settings.host}", f"--port={settings.flower_port}",
+                              # workers send events themselves; forget them soon after they exit
+                              "--enable_events=False", "--purge_offline_workers=30"])
 
 
 def cmd_init(_args: argparse.Namespace) -> int:
@@ -81,7 +95,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from daas.serving import limit_malloc_arenas, serve
     from web import create_app, warm_up
 
-    settings = config.load()
+    settings, _ = flower_credentials(config.load())  # the status panel reads Flower's task counts
     aws.ROLE = "web"
     limit_malloc_arenas()
     serve(create_app(settings), settings.host, settings.web_port, workers=settings.web_workers,
@@ -178,6 +192,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from daas import bench
 
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the stacks a benchmark started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return bench.main(args)
 
 
@@ -192,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("init", help="create the buckets and queues").set_defaults(func=cmd_init)
     sub.add_parser("web", help="run the web tier").set_defaults(func=cmd_web)
     sub.add_parser("controller", help="run the controller (autoscaler, reaper)").set_defaults(func=cmd_controller)
+    sub.add_parser("flower", help="run Flower, the Celery dashboard, behind basic auth").set_defaults(func=cmd_flower)
     worker = sub.add_parser("worker", help="run a classification worker")
     worker.add_argument("--register-in", metavar="DIR",
                         help="register as <pid> here, and <pid>.ready once consuming (local provider)")

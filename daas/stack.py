@@ -134,12 +134,7 @@ class Stack:
 
     def start_flower(self) -> str:
         s = self.settings
-        process = self.spawn("flower", [PYTHON, "-m", "celery", "-A", "daas.celery_app", "flower",
-                                        f"--address={s.host}", f"--port={s.flower_port}",
-                                        # workers send events themselves; forget them soon after they exit
-                                        "--enable_events=False", "--purge_offline_workers=30"],
-                             # Flower reads FLOWER_<option> variables: the password never shows in `ps`.
-                             {"FLOWER_BASIC_AUTH": f"{s.flower_user}:{s.flower_password}"})
+        process = self.spawn("flower", [PYTHON, "-m", "daas", "flower"])
         url = f"http://{s.host}:{s.flower_port}"
         wait_for_http(f"{url}/healthcheck", 60, process)
         return url
