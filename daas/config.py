@@ -39,6 +39,7 @@ class Settings:
     web_timeout: float = 30.0
     api_keys: str = ""       # comma-separated; empty: the upload, job and ops routes are open
     rate_limit: int = 0      # images per minute per API key (per client address when open); 0: none
+    trusted_proxies: int = 0  # proxies in front of the web tier whose X-Forwarded-* headers to trust
     state_dir: Path = Path(".daas")
     # Model and input limits
     model: str = "efficientnet_lite0"

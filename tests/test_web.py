@@ -46,6 +46,19 @@ def test_without_a_key_every_upload_job_and_ops_route_answers_401_with_a_message
     assert keyed.get("/api/jobs/" + "0" * 32, headers={"Authorization": KEY}).status_code == 401  # no scheme
 
 
+def test_every_route_but_the_open_pages_wants_the_key(keyed):
+    """Default deny: a route added later is protected without being listed anywhere."""
+    import re
+
+    from web.auth import OPEN
+
+    rules = [rule for rule in keyed.application.url_map.iter_rules() if rule.endpoint not in OPEN]
+    assert {rule.endpoint for rule in rules} >= {"service.create_job", "service.classify_sync", "ops.status"}
+    for rule in rules:
+        method = sorted(rule.methods - {"HEAD", "OPTIONS"})[0]
+        assert keyed.open(re.sub(r"<[^>]+>", "x", rule.rule), method=method).status_code == 401, rule.rule
+
+
 def test_a_cross_site_form_post_cannot_spend_compute(keyed):
     """A browser posting a form from another site sends cookies at most, never an Authorization header."""
     response = keyed.post("/classify", data={"myfile": (io.BytesIO(jpeg()), "a.jpg")},
@@ -83,6 +96,24 @@ def test_with_a_key_uploads_are_accepted_and_the_rate_limit_answers_429_with_ret
         assert "Retry-After" not in other.headers
         sync = http.post(f"{url}/classify", files={"myfile": ("a.jpg", jpeg())})
         assert sync.status_code == 401 and sync.text.startswith("this service needs an API key")
+
+
+def test_behind_a_trusted_proxy_each_client_address_has_its_own_allowance(local_aws, tmp_path):
+    """An open service limits per address: behind a load balancer, the one in X-Forwarded-For."""
+    from daas.stack import Stack
+
+    settings = make_settings(local_aws, tmp_path, rate_limit=5, trusted_proxies=1)
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        url = stack.start_web()
+
+        def upload(address: str, count: int) -> int:
+            files = [("images", (f"{i}.jpg", jpeg())) for i in range(count)]
+            return requests.post(f"{url}/api/jobs", files=files, headers={"X-Forwarded-For": address},
+                                 timeout=30).status_code
+
+        assert upload("203.0.113.7", 5) == 202
+        assert upload("203.0.113.7", 1) == 429
+        assert upload("198.51.100.2", 5) == 202  # another client behind the same balancer
 
 
 def test_an_open_service_shows_no_key_field(local_aws, tmp_path):

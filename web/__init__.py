@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from daas import config
 
@@ -9,6 +10,9 @@ from daas import config
 def create_app(settings: config.Settings | None = None) -> Flask:
     app = Flask(__name__)
     settings = settings or config.load()
+    if settings.trusted_proxies:  # behind a load balancer: the client's address, not the balancer's
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
     app.config["DAAS_SETTINGS"] = settings
     # Whole-request cap; each image is held to max_image_bytes separately, with its own message.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 50
