@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 
 from daas.aws import client
@@ -81,16 +80,16 @@ def verdicts(workers: list[Worker], beats: dict[str, float], now: float, *, join
     return ended
 
 
-def latest_by_worker(beats: dict[str, float], worker_id) -> dict[str, float]:
+def owners(beats: dict[str, float], worker_id) -> dict[str, str | None]:
+    """{node: the id of the worker it runs on}, from `Provider.worker_id(pid, host)`; None for a
+    node whose worker the provider cannot name (another host's, or not a worker's name)."""
+    return {node: worker_id(*parsed) if (parsed := parse_node(node)) else None for node in beats}
+
+
+def latest_by_worker(beats: dict[str, float], owner: dict[str, str | None]) -> dict[str, float]:
     """Heartbeats keyed by worker id instead of node (a worker may run several processes)."""
     latest: dict[str, float] = {}
     for node, at in beats.items():
-        parsed = parse_node(node)
-        key = worker_id(*parsed) if parsed else None
-        if key is not None:
-            latest[key] = max(at, latest.get(key, 0.0))
+        if owner[node] is not None:
+            latest[owner[node]] = max(at, latest.get(owner[node], 0.0))
     return latest
-
-
-def is_fresh(at: float, settings: Settings, now: float | None = None) -> bool:
-    return (now if now is not None else time.time()) - at <= settings.stale_after

@@ -8,10 +8,10 @@ DAAS_STALL_TIMEOUT seconds the watchdog logs why and exits the process, so that 
 to another consumer. This catches a consumer that kombu stopped polling while the process looked
 alive, the outage of issue 11.
 
-While the process is healthy the watchdog also runs its duties (a worker's heartbeat record and the
-visibility of the messages it holds, see daas.lifecycle) and pings systemd's watchdog (sd_notify
-`WATCHDOG=1`, when NOTIFY_SOCKET is set), so that systemd also ends a process hung so badly that
-this thread cannot run.
+While the process is healthy the watchdog pings systemd's watchdog (sd_notify `WATCHDOG=1`, when
+NOTIFY_SOCKET is set), so that systemd also ends a process hung so badly that this thread cannot
+run; beside it, on a thread of their own, run its duties (a worker's heartbeat record and the
+visibility of the messages it holds, see daas.lifecycle).
 """
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def running_task_starts() -> list[float]:
 
 @dataclass
 class Duty:
-    """Something the watchdog does every `every` seconds while the process is healthy."""
+    """Something done every `every` seconds beside the watchdog (on its own thread), until the
+    process exits: it exits when it stalls."""
 
     every: float
     run: Callable[[], None]
@@ -109,6 +110,8 @@ class Watchdog(threading.Thread):
                            running_task_starts(), self.task_time_limit)
 
     def run(self) -> None:
+        if self.duties:
+            threading.Thread(target=self.run_duties_forever, name="daas-duties", daemon=True).start()
         while not self.stopping.wait(self.tick):
             stalled = self.stalled_for()
             if stalled > self.stall_timeout:
@@ -119,6 +122,11 @@ class Watchdog(threading.Thread):
                 logging.shutdown()
                 os._exit(EXIT_STALLED)
             notify("WATCHDOG=1")
+
+    def run_duties_forever(self) -> None:
+        """On a thread of their own: a duty waiting on a slow S3 or SQS (botocore allows a minute
+        a try) must not hold up the stall check and systemd's watchdog pings."""
+        while not self.stopping.wait(self.tick):
             self.run_duties()
 
     def run_duties(self) -> None:

@@ -67,7 +67,10 @@ def test_workers_that_never_joined_stopped_beating_or_are_too_old_are_ended():
 
 def test_heartbeats_are_keyed_by_the_worker_their_node_belongs_to():
     beats = {"daas-worker-12@i-0abc": 5.0, "daas-worker-13@i-0abc": 9.0, "daas-worker-7@laptop": 3.0, "junk": 1.0}
-    by_instance = fleet.latest_by_worker(beats, lambda pid, host: host if host.startswith("i-") else None)
+    owner = fleet.owners(beats, lambda pid, host: host if host.startswith("i-") else None)
+    assert owner == {"daas-worker-12@i-0abc": "i-0abc", "daas-worker-13@i-0abc": "i-0abc",
+                     "daas-worker-7@laptop": None, "junk": None}
+    by_instance = fleet.latest_by_worker(beats, owner)
     assert by_instance == {"i-0abc": 9.0}
     assert fleet.parse_node("daas-prod-worker-12@ip-10-0-0-1") == (12, "ip-10-0-0-1")
 
