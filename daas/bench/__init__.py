@@ -148,20 +148,26 @@ def cycle(files: list, count: int) -> list:
 # -- small helpers --------------------------------------------------------------------------------
 
 def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float]:
-    """p50, p95 and mean of seconds, in ms by default."""
+    """p50, p95, p99 and mean of seconds, in ms by default."""
     import numpy
 
-    return {"p50": round(float(numpy.percentile(values, 50)) * scale, 2),
-            "p95": round(float(numpy.percentile(values, 95)) * scale, 2),
+    return {**{f"p{q}": round(float(numpy.percentile(values, q)) * scale, 2) for q in (50, 95, 99)},
             "mean": round(float(numpy.mean(values)) * scale, 2)}
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(check: Callable[[], bool], timeout: float, what: str, *, every: float = 0.1,
+               tolerate: tuple[type[Exception], ...] = ()) -> None:
+    """Poll `check` until it holds; a `tolerate`d exception counts as not yet (a process restarting)."""
     deadline = time.monotonic() + timeout
-    while not check():
+    while True:
+        try:
+            if check():
+                return
+        except tolerate:
+            pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
-        time.sleep(0.1)
+        time.sleep(every)
 
 
 def split_cores() -> tuple[set[int], set[int]]:

@@ -37,9 +37,10 @@ from pathlib import Path
 import requests
 
 from daas import aws, config, health, timeline
-from daas.bench import build_images, workspace
+from daas.bench import build_images, percentiles, wait_until, workspace
 from daas.broker import LOCAL_CREDENTIALS
 from daas.stack import PYTHON, free_port
+from daas.supervisor import answers
 
 FAULTS = ("controller", "stall", "web", "beat")  # one per cycle, in this order
 BURST = 100                  # concurrent POST /classify, as the original load generator sent them
@@ -120,11 +121,17 @@ class Soak:
         self.started = time.time()
 
     def stop(self) -> None:
-        self.up.send_signal(signal.SIGINT)
+        """SIGTERM, as systemd stops a service (SIGINT is ignored by a process started in the
+        background by a shell, and so would be by `up`); what lingers after 90 s is killed."""
+        self.up.send_signal(signal.SIGTERM)
         try:
             self.up.wait(90)
         except subprocess.TimeoutExpired:
-            os.killpg(self.up.pid, signal.SIGKILL)
+            for pid in {self.up.pid, *json.loads((self.state / "processes.json").read_text()).values()}:
+                try:
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         self.up_log.close()
 
     def pid(self, name: str) -> int:
@@ -213,10 +220,11 @@ class Soak:
                 future.result()
 
     def kill_busy_worker(self) -> None:
-        """SIGKILL a worker while the burst keeps every worker busy."""
-        self.wait_until(lambda: self.ready_workers() and self.status()["queue"]["in_flight"] > 0, 180,
+        """SIGKILL a worker while the burst keeps every worker busy. The queue is asked directly, not
+        through the autoscaler's latest tick: warm workers can finish a burst between two ticks."""
+        self.wait_until(lambda: self.ready_workers() and aws.queue_depth(self.settings)["in_flight"] > 0, 180,
                         "a busy worker")
-        time.sleep(0.5)
+        time.sleep(0.2)
         pid = self.ready_workers()[0]
         os.kill(pid, signal.SIGKILL)
         self.faults.append(Fault("worker", time.time(), detail=str(pid)))
@@ -257,11 +265,7 @@ class Soak:
                         self.settings.idle_timeout + 120, "the pool to go to zero")
 
     def answers(self, path: str) -> bool:
-        try:
-            self.http.get(f"{self.url}{path}", timeout=5)
-            return True
-        except requests.RequestException:
-            return False
+        return answers(f"{self.url}{path}")
 
     def cycles(self, files: list[tuple[str, bytes, str]]) -> int:
         """Repeat the cycle (see the module's docstring) until the time is up; returns how many ran."""
@@ -274,11 +278,19 @@ class Soak:
                 self.bad_uploads(files[0])
                 self.send_malformed()
             self.inject(FAULTS[cycle % len(FAULTS)])
-            self.collect()
             self.idle_gap()
             cycle, longest = cycle + 1, max(longest, time.time() - began)
+            self.progress(cycle)
         self.ran_s = time.time() - self.started
         return cycle
+
+    def progress(self, cycle: int) -> None:
+        """One line per cycle, so that a long soak shows where it is."""
+        pending = self.collect()
+        outcomes = Counter(item.outcome for item in self.sent)
+        print(f"soak {(time.time() - self.started) / 60:4.1f}/{self.minutes:g} min, cycle {cycle} "
+              f"({FAULTS[(cycle - 1) % len(FAULTS)]} fault): {len(self.sent)} sent, {outcomes['right']} right, "
+              f"{outcomes['wrong']} wrong, {pending} pending", flush=True)
 
     def drain(self, timeout: float = 180.0) -> bool:
         """Wait until every accepted image has its result and every malformed message was reaped."""
@@ -345,16 +357,7 @@ class Soak:
 
     @staticmethod
     def wait_until(check, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if check():
-                    return
-            except (requests.RequestException, ValueError, KeyError):
-                pass  # a process restarting under a fault
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
-            time.sleep(0.25)
+        wait_until(check, timeout, what, every=0.25, tolerate=(requests.RequestException, ValueError, KeyError))
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -444,12 +447,7 @@ def error_lines(logs: dict[str, str]) -> list[str]:
 
 
 def latency_ms(seconds: list[float]) -> dict[str, float]:
-    import numpy
-
-    if not seconds:
-        return {}
-    return {"p50": round(float(numpy.percentile(seconds, 50)) * 1000, 1),
-            "p99": round(float(numpy.percentile(seconds, 99)) * 1000, 1), "count": len(seconds)}
+    return {**percentiles(seconds), "count": len(seconds)} if seconds else {}
 
 
 def passed(report: dict) -> bool:
@@ -521,6 +519,7 @@ def run(out: Path, minutes: float = 30.0) -> dict:
     with workspace() as tmp:
         files = workload(tmp / "images")
         soak = Soak(minutes, tmp)
+        print(f"soak: {minutes:g} minutes of bursts, uploads, faults and idle gaps, one line per cycle", flush=True)
         soak.start()
         try:
             cycles = soak.cycles(files)
