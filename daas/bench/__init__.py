@@ -726,14 +726,17 @@ def plot_bench(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     modes = report["modes"]
-    fig, (rate_ax, latency_ax) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=(3, 2))
+    fig, (rate_ax, latency_ax) = plt.subplots(1, 2, figsize=(15, 4.8), width_ratios=(4, 2))
     colocated = modes["colocated"]
     names = [f"raw\n{modes['raw']['processes']} processes", f"service\n{modes['service']['workers']} workers",
+             f"burst\n{modes['burst']['images']} ×\n/classify", f"one upload\n{modes['one_upload']['images']}\nimages",
              "raw\ncolocated", "service\ncolocated", f"cold\n{modes['cold']['images']} from 0",
              "baseline\n1 process\nper image"]
-    rates = [modes["raw"]["images_per_s"], modes["service"]["images_per_s"], colocated["raw"]["images_per_s"],
+    rates = [modes["raw"]["images_per_s"], modes["service"]["images_per_s"], modes["burst"]["images_per_s"],
+             modes["one_upload"]["images_per_s"], colocated["raw"]["images_per_s"],
              colocated["service"]["images_per_s"], modes["cold"]["images_per_s"], modes["baseline"]["images_per_s"]]
-    bars = rate_ax.bar(names, rates, color=["tab:gray", "tab:blue", "silver", "lightsteelblue", "tab:cyan", "tab:red"])
+    bars = rate_ax.bar(names, rates, color=["tab:gray", "tab:blue", "tab:purple", "plum", "silver", "lightsteelblue",
+                                            "tab:cyan", "tab:red"])
     rate_ax.bar_label(bars, fmt="%.2f")
     rate_ax.set_ylabel("images / s")
     rate_ax.set_title("throughput")
