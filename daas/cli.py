@@ -23,6 +23,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings, where = flower_credentials(settings)
     stack = Stack(settings, log_dir=settings.state_dir / "logs")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C stops everything even when a shell started us in the background (which ignores SIGINT,
+    # and Python then keeps ignoring it): a CI runner or `nohup … &` must not make `up` unstoppable.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if not args.aws:
             stack.start_local_aws()
