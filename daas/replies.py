@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 
 from daas.aws import client
@@ -77,13 +78,12 @@ class Replies:
             if self.pid != os.getpid():
                 self.pid, self.url, self.waiters = os.getpid(), self._create(), {}
                 threading.Thread(target=self._listen, name="daas-replies", daemon=True).start()
+                _open.add(self)
             return self.url
 
     def _create(self) -> str:
-        url = client("sqs", self.settings).create_queue(QueueName=queue_name(self.settings), Attributes={
+        return client("sqs", self.settings).create_queue(QueueName=queue_name(self.settings), Attributes={
             "MessageRetentionPeriod": "300", "ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})["QueueUrl"]
-        atexit.register(self.close, url, os.getpid())  # a forked child inherits this: it checks the pid
-        return url
 
     def wait(self, key: str, fetch, timeout: float) -> list[dict] | None:
         """The result list at `key`, as soon as its reply arrives (or `fetch()` finds it in the
@@ -127,6 +127,8 @@ class Replies:
                                              Attributes={"ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})
                     refreshed = time.monotonic()
             except Exception as exc:  # the endpoint restarting, or the queue gone: a new one then
+                if url != self.url:  # closed meanwhile (at exit)
+                    return
                 log.warning("the reply listener failed: %r", exc)
                 time.sleep(1)
                 if queue_missing(exc):
@@ -147,15 +149,27 @@ class Replies:
                 for event in self.waiters.get(key, ()):
                     event.set()
 
-    def close(self, url: str, pid: int) -> None:
-        """Delete the queue this process created (at exit)."""
-        if pid != os.getpid():
+    def close(self) -> None:
+        """Delete the queue this process created (at exit); once. A forked child inherits its
+        parent's object and leaves the parent's queue alone."""
+        with self.lock:
+            url, self.url = (self.url, None) if self.pid == os.getpid() else (None, self.url)
+        if url is None:
             return
-        self.url = None
         try:
             client("sqs", self.settings).delete_queue(QueueUrl=url)
         except Exception as exc:  # the sweeper deletes it later
             log.warning("could not delete the reply queue: %r", exc)
+
+
+_open: "weakref.WeakSet[Replies]" = weakref.WeakSet()
+
+
+@atexit.register
+def close_all() -> None:
+    """Delete this process's reply queues (at exit; housekeeping sweeps those of a killed process)."""
+    for replies in list(_open):
+        replies.close()
 
 
 def queue_missing(exc: Exception) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from daas import aws, config
+from daas import aws, config, replies
 from daas.stack import Stack, free_port
 
 
@@ -26,6 +26,7 @@ def local_aws(tmp_path_factory):
     stack = Stack(base, log_dir=base.state_dir / "logs")
     stack.start_local_aws()
     yield stack.settings.aws_endpoint
+    replies.close_all()  # the reply queues of in-process web apps, while the endpoint still answers
     stack.stop()
 
 

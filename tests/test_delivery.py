@@ -174,4 +174,4 @@ def test_the_reply_listener_lives_through_unreadable_replies_and_replying_never_
         assert box.wait("job/chunk", lambda: None, timeout=30) == [{"id": "a", "label": "espresso"}]
         replies.send(settings, url.rsplit("/", 1)[0] + "/gone", "job/other", [])  # logged, not raised
     finally:
-        box.close(url, os.getpid())
+        box.close()
