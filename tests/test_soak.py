@@ -3,8 +3,8 @@ original client, uploads, bad input, idle gaps and injected faults (daas/bench/s
 
 It lives through several housekeeping runs and a scale-to-zero cycle, with a busy worker, the
 controller, the web tier and beat killed and the controller stalled, and asserts what matters:
-nothing lost or stuck, nothing wrong, nothing run twice, every fault recovered (a killed worker's
-images within 30 s), and not one ERROR or CRITICAL line in any log.
+nothing lost or stuck, nothing wrong, no live worker's task run twice, every fault recovered (a
+killed worker's images within 30 s), and not one ERROR or CRITICAL line in any log.
 """
 from daas.bench import soak
 
@@ -26,3 +26,13 @@ def test_four_minutes_of_load_and_faults_lose_nothing_and_log_no_error(tmp_path)
     assert all(fault["recovery_s"] is not None for fault in report["faults"]), report["faults"]
     assert report["recovery_s"]["worker"] <= 30
     assert (tmp_path / "soak.json").exists() and (tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_task_redone_after_its_worker_was_killed_before_the_ack_is_not_a_task_run_twice():
+    """A SIGKILL between a task's success and the deletion of its message makes SQS deliver it again
+    (at-least-once); a live worker's task delivered again while it runs is what must never happen."""
+    runs = {"killed-after-success": {"received": [(1.0, 7)], "succeeded": [(2.0, 7), (25.0, 8)]},
+            "live-worker-redelivered": {"received": [(1.0, 8)], "succeeded": [(3.0, 8), (24.0, 9)]},
+            "once": {"received": [(1.0, 9)], "succeeded": [(1.5, 9)]}}
+    assert soak.reruns(runs, kills={7: 2.1}) == (1, 1)
+    assert soak.reruns(runs, kills={}) == (2, 0)  # no worker killed: both are runs twice

@@ -341,7 +341,10 @@ class Soak:
                        "requests failed twice": outcomes["failed"],
                        "sync answered 504": sum(i.kind == "sync" and i.http == 504 for i in self.sent),
                        "sync retried after a web-tier kill": sum(i.retried for i in self.sent)},
-            "run_twice": sum(len(r["succeeded"]) > 1 for r in runs.values()),
+            **dict(zip(("run_twice", "rerun_after_kill"),
+                       reruns(runs, {int(f.detail): f.t for f in self.faults if f.kind == "worker"}))),
+            "succeeded_more_than_once": {task: run["succeeded"] for task, run in runs.items()
+                                         if len(run["succeeded"]) > 1},
             "latency_ms": {kind: latency_ms([i.latency for i in self.sent if i.kind == kind and i.latency])
                            for kind in ("sync", "upload")},
             "recovery_s": recoveries,
@@ -411,6 +414,22 @@ def task_runs(workers_log: str) -> dict[str, dict[str, list[tuple[float, int]]]]
     return runs
 
 
+def reruns(runs: dict, kills: dict[int, float]) -> tuple[int, int]:
+    """(tasks that succeeded twice although the first worker lived on, tasks that succeeded again
+    because their first worker was SIGKILLed after finishing them but before deleting the message).
+    The second kind is at-least-once delivery (the kill fell between the task and its ack; the
+    results are overwritten with the same); the first would be a task redelivered while running."""
+    twice = again = 0
+    for run in runs.values():
+        if len(run["succeeded"]) > 1:
+            first_at, first_pid = min(run["succeeded"])
+            if kills.get(first_pid, -1.0) >= first_at:
+                again += 1
+            else:
+                twice += 1
+    return twice, again
+
+
 def orphans_recovered(runs: dict, pid: int, killed: float) -> float | None:
     """When the last task the killed worker `pid` held succeeded elsewhere (the kill time if it held
     none); None if one of them never did."""
@@ -462,6 +481,8 @@ def format_report(report: dict) -> str:
              f"({'passed' if passed(report) else 'FAILED'})"]
     lines += [f"  {name:<36} {value}" for name, value in images.items()]
     lines.append(f"  {'tasks run twice':<36} {report['run_twice']}")
+    lines.append(f"  {'re-run: worker killed before its ack':<36} {report['rerun_after_kill']}")
+    lines += [f"    task {task}: succeeded at (time, pid) {runs}" for task, runs in report["succeeded_more_than_once"].items()]
     for kind, latency in report["latency_ms"].items():
         lines.append(f"  {kind + ' latency (ms)':<36} p50 {latency.get('p50')}  p99 {latency.get('p99')}  "
                      f"({latency.get('count', 0)} images)")
