@@ -87,7 +87,13 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
         wait_for(lambda: controller_pid() not in (None, crashed), 15, "the controller to be restarted")
     finally:
         up.send_signal(signal.SIGINT)
-        up.wait(60)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:  # fail, but leave no stack behind for the tests after this one
+            for pid in session_processes(up.pid):
+                os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["pkill", "-9", "-f", f"local_endpoint -H 127.0.0.1 -p {ports['DAAS_AWS_PORT']}"])
+            raise
     wait_for(lambda: not session_processes(up.pid), 30, "every process of the stack to stop")
     for port in ports.values():
         with __import__("socket").socket() as sock:
