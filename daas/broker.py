@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from kombu.transport.SQS import CHARS_REPLACE_TABLE
 from kombu.utils.url import safequote
 
+from daas import leases
 from daas.config import Settings
 
 LOCAL_CREDENTIALS = ("testing", "testing")  # the local endpoint accepts any credentials
@@ -56,4 +57,8 @@ def transport_options(settings: Settings) -> dict:
         # Only used when kombu itself creates a queue; ours are created by `daas init` with
         # the same timeout. It must exceed the longest task plus its time waiting in prefetch.
         "visibility_timeout": settings.visibility_timeout,
+        # Every queue kombu creates (per-process queues: pidbox, event receivers, `inspect` replies)
+        # is tagged with its stack at creation; housekeeping sweeps only its own (daas.leases).
+        "queue_tags": {leases.STACK_TAG: settings.stack},
+        "daas_lease_interval": settings.queue_lease_interval,  # read by daas.transport, not kombu
     }

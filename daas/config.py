@@ -11,8 +11,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 MB = 1024 * 1024
+MISSED_RENEWALS = 5  # a per-process queue's lease (daas.leases) survives a throttled or briefly stopped owner
 MISSED_HEARTBEATS = 3  # "several missed heartbeats": one lost PUT or a slow second never kills a worker
 TICKS_MISSED_UNHEALTHY = 3  # /healthz and `up` call the autoscaler stalled after this many intervals
+GRACEFUL_MARGIN = 10.0  # seconds on top of result_timeout for a stopping web tier's last answers
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class Settings:
     heartbeat_interval: float = 15.0
     stall_timeout: float = 60.0
     sweep_interval: float = 60.0  # the controller's housekeeping: dead workers, orphaned queues
+    # Per-process queues (pidbox, event receivers, reply queues) carry a lease their owner renews
+    # this often (one TagQueue per queue); housekeeping deletes those not renewed for
+    # MISSED_RENEWALS intervals (5 minutes by default: Flower stopped for 2 minutes keeps its queue).
+    queue_lease_interval: float = 60.0
     # Autoscaling
     provider: str = "local"
     scale_interval: float = 5.0
@@ -111,6 +117,17 @@ class Settings:
     def stale_after(self) -> float:
         """Seconds without a heartbeat after which a worker counts as dead."""
         return MISSED_HEARTBEATS * self.heartbeat_interval
+
+    @property
+    def queue_lease_expiry(self) -> float:
+        """Seconds after its last lease renewal when a per-process queue counts as orphaned."""
+        return MISSED_RENEWALS * self.queue_lease_interval
+
+    @property
+    def web_graceful_timeout(self) -> float:
+        """Seconds the web tier's processes get to finish their requests on SIGTERM: a waiting
+        POST /classify holds its thread up to result_timeout, then writes its answer."""
+        return self.result_timeout + GRACEFUL_MARGIN
 
     @property
     def extend_every(self) -> float:

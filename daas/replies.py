@@ -10,8 +10,9 @@ polling the bucket cost about 38 GETs per image (issue 12). The output bucket st
 store: a waiter that has heard nothing for FALLBACK_EVERY seconds looks there itself.
 
 A reply queue lives as long as its process: deleted at exit, and, if the process was killed, swept
-by the controller's housekeeping once its attributes have not been refreshed (every REFRESH_EVERY
-seconds by the thread) for three periods.
+by the controller's housekeeping once the thread stopped renewing its lease (daas.leases). The
+thread outlives any failure: a queue that disappeared is created again (and tried again, if that
+fails too), so a web process never silently falls back to reading the bucket for good.
 """
 from __future__ import annotations
 
@@ -20,18 +21,20 @@ import functools
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
 import weakref
 from collections import OrderedDict
+from urllib.parse import urlsplit
 
+from daas import leases
 from daas.aws import client
 from daas.config import Settings
 
 log = logging.getLogger(__name__)
 FALLBACK_EVERY = 10.0     # seconds a waiter trusts the reply queue before it also reads the bucket
-REFRESH_EVERY = 300.0     # seconds between the listener's proofs of life on its queue
 LONG_POLL = 20
 
 
@@ -59,6 +62,24 @@ def queue_name(settings: Settings) -> str:
     return f"{settings.stack}-replies-{uuid.uuid4().hex}"
 
 
+def is_reply_queue(settings: Settings, url: object) -> bool:
+    """Whether `url` names a reply queue of this stack in the account of its classify queue (a
+    task's `reply_to` is checked before a worker sends results there). The host is not compared:
+    a web host and a worker may reach SQS through different endpoints (a VPC endpoint, say)."""
+    if not isinstance(url, str):
+        return False
+    account, _, name = urlsplit(url).path.strip("/").partition("/")
+    return bool(re.fullmatch(rf"{re.escape(settings.stack)}-replies-[0-9a-f]{{32}}", name)) and \
+        account == _account(settings)
+
+
+@functools.cache
+def _account(settings: Settings) -> str:
+    """The account part of the stack's queue URLs (`<endpoint>/<account>/<queue>`)."""
+    url = client("sqs", settings).get_queue_url(QueueName=settings.queue)["QueueUrl"]
+    return urlsplit(url).path.strip("/").partition("/")[0]
+
+
 def reply_message(key: str, results: list[dict]) -> str:
     return json.dumps({"key": key, "results": results})
 
@@ -82,8 +103,9 @@ class Replies:
             return self.url
 
     def _create(self) -> str:
-        return client("sqs", self.settings).create_queue(QueueName=queue_name(self.settings), Attributes={
-            "MessageRetentionPeriod": "300", "ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})["QueueUrl"]
+        return client("sqs", self.settings).create_queue(
+            QueueName=queue_name(self.settings), tags=leases.tags(self.settings.stack),
+            Attributes={"MessageRetentionPeriod": "300", "ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})["QueueUrl"]
 
     def wait(self, key: str, fetch, timeout: float) -> list[dict] | None:
         """The result list at `key`, as soon as its reply arrives (or `fetch()` finds it in the
@@ -113,27 +135,46 @@ class Replies:
                     self.waiters.pop(key, None)
 
     def _listen(self) -> None:
-        sqs, url, refreshed = client("sqs", self.settings), self.url, time.monotonic()
+        sqs, url, renewed = client("sqs", self.settings), self.url, time.monotonic()
+        # A poll never outlasts a lease period: the lease is renewed between two polls.
+        wait = max(1, min(LONG_POLL, int(self.settings.queue_lease_interval)))
         while url == self.url:
             try:
                 messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
-                                               WaitTimeSeconds=LONG_POLL).get("Messages", [])
+                                               WaitTimeSeconds=wait).get("Messages", [])
                 self._deliver(messages)
                 if messages:
                     sqs.delete_message_batch(QueueUrl=url, Entries=[
                         {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
-                if time.monotonic() - refreshed > REFRESH_EVERY:  # the sweeper reads LastModifiedTimestamp
-                    sqs.set_queue_attributes(QueueUrl=url,
-                                             Attributes={"ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})
-                    refreshed = time.monotonic()
+                if time.monotonic() - renewed > self.settings.queue_lease_interval:
+                    leases.renew(sqs, url, self.settings.stack)
+                    renewed = time.monotonic()
             except Exception as exc:  # the endpoint restarting, or the queue gone: a new one then
                 if url != self.url:  # closed meanwhile (at exit)
                     return
                 log.warning("the reply listener failed: %r", exc)
                 time.sleep(1)
                 if queue_missing(exc):
-                    with self.lock:
-                        self.url = url = self._create()
+                    url = self._replace(url)
+
+    def _replace(self, lost: str) -> str:
+        """A new queue in place of `lost`, which disappeared; `lost` again if that failed too (the
+        next round tries again): the listener must never end while its process serves."""
+        try:
+            created = self._create()
+        except Exception as exc:
+            log.warning("could not create a new reply queue (tried again in a moment): %r", exc)
+            return lost
+        with self.lock:
+            closed = self.url != lost
+            if not closed:
+                self.url = created
+        if closed:  # the process closed its queue meanwhile (at exit): the new one goes too
+            try:
+                client("sqs", self.settings).delete_queue(QueueUrl=created)
+            except Exception as exc:  # its lease runs out and housekeeping sweeps it
+                log.warning("could not delete the reply queue: %r", exc)
+        return created
 
     def _deliver(self, messages: list[dict]) -> None:
         replies = []

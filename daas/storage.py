@@ -11,6 +11,7 @@ Celery's own result backend is not used.
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
@@ -22,6 +23,15 @@ def warm_up(settings: Settings) -> None:
     """Build the S3 client now: botocore parses its service model then (about 60 ms of CPU),
     which a worker would otherwise pay in its first task."""
     client("s3", settings)
+
+
+ID = re.compile(r"[0-9a-f]{32}")  # job and image ids (uuid4 hex, see daas.jobs.new_id)
+
+
+def is_id(value: object) -> bool:
+    """Whether `value` is a generated id: the only thing ever put into a key (never `jobs`,
+    `workers`, a path or a user's file name)."""
+    return isinstance(value, str) and bool(ID.fullmatch(value))
 
 
 def image_key(job_id: str, image_id: str) -> str:

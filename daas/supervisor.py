@@ -5,7 +5,7 @@ process that stopped making progress though it is still alive:
 
 - the controller or beat, when the autoscaler has not ticked for 3 intervals (daas.health names
   which of the two is at fault);
-- the web tier or Flower, when they have not answered an HTTP probe PROBE_FAILURES times in a row.
+- the web tier or Flower, when they have not answered an HTTP probe for PROBE_PATIENCE seconds.
 
 Workers are not its children: each one's watchdog ends it when it stalls, and the controller ends
 those that stop beating (daas.fleet). It also keeps the logs from growing without bound.
@@ -26,6 +26,11 @@ from daas.stack import Stack
 
 log = logging.getLogger(__name__)
 PROBE_EVERY, PROBE_TIMEOUT, PROBE_FAILURES = 5.0, 5.0, 3
+# Seconds without an answer before a process is restarted, where it differs from PROBE_FAILURES
+# probes: Flower is a dashboard, off the path of every image; restarting it loses what it has seen
+# and its place in the event stream, so a Flower that is slow or stopped for a while (two minutes in
+# the soak) gets time to come back and catch up.
+PROBE_PATIENCE = {"flower": 180.0}
 STARTUP_GRACE = 30.0       # seconds a (re)started process gets before it must show progress
 LOG_ROTATE_BYTES = 64 * 1024 * 1024
 LOG_CHECK_EVERY = 60.0
@@ -60,8 +65,8 @@ class Supervisor:
             self.next_probe = time.monotonic() + PROBE_EVERY
             for name, url in self.probes.items():
                 self.failures[name] = 0 if answers(url) else self.failures[name] + 1
-                if self.failures[name] >= PROBE_FAILURES and self.past_grace(name):
-                    stalled.append((name, f"it did not answer {url} {PROBE_FAILURES} times in a row"))
+                if self.failures[name] >= probe_failures(name) and self.past_grace(name):
+                    stalled.append((name, f"it did not answer {url} {self.failures[name]} times in a row"))
         for name, why in stalled:
             self.kill(name)
         return [f"{name} stalled ({why}); restarting it" for name, why in stalled]
@@ -79,6 +84,11 @@ class Supervisor:
         process.wait()
         self.failures[name] = 0
         self.started[name] = time.monotonic()
+
+
+def probe_failures(name: str) -> int:
+    """Failed probes in a row after which the process `name` is restarted."""
+    return max(PROBE_FAILURES, round(PROBE_PATIENCE.get(name, 0.0) / PROBE_EVERY))
 
 
 def answers(url: str) -> bool:

@@ -5,15 +5,13 @@ import base64
 import functools
 import json
 import logging
-import re
 import threading
 import time
 
 from botocore.exceptions import ClientError
 
-from daas import config, fleet, replies, results, storage
+from daas import config, fleet, leases, replies, results, storage
 from daas.aws import client, queue_url
-from daas.broker import pidbox_queue
 from daas.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -35,11 +33,34 @@ def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None) -
     (`reply_to`, see daas.replies). Returns how many images it classified (Flower shows it)."""
     from daas.pipeline import classify_chunk  # torch is imported by workers only
 
+    problem = invalid_task(settings(), job_id, chunk, reply_to)
+    if problem:  # acknowledged and dropped: running it would write where it says, retrying changes nothing
+        log.warning("dropping a daas.classify task with invalid arguments (not run): %s", problem)
+        return 0
     documents = classify_chunk(settings(), job_id, chunk)
     storage.put_results(settings(), job_id, documents)
     if reply_to:
         replies.send(settings(), reply_to, storage.results_key(job_id, chunk[0][0]), documents)
     return len(chunk)
+
+
+def invalid_task(cfg: config.Settings, job_id: object, chunk: object, reply_to: object = None) -> str | None:
+    """Why a daas.classify task's arguments must not be run (None: they may). A task can come from
+    anyone who can send to the queue or reach Flower's API (which runs any task): the ids become
+    keys in both buckets (`jobs` or `workers` as a job id would overwrite manifests or heartbeat
+    records) and the reply queue receives results, so they are checked as strictly as the web tier
+    makes them."""
+    if not storage.is_id(job_id):
+        return f"the job id {str(job_id)[:80]!r} is not a generated id"
+    if not isinstance(chunk, list) or not 0 < len(chunk) <= cfg.max_files:
+        return f"the chunk must be a list of 1 to {cfg.max_files} [image id, name] pairs"
+    for image in chunk:
+        if not (isinstance(image, list) and len(image) == 2 and storage.is_id(image[0])
+                and isinstance(image[1], str) and len(image[1]) <= 200):
+            return f"{str(image)[:120]} is not an [image id, name] pair"
+    if reply_to is not None and not replies.is_reply_queue(cfg, reply_to):
+        return f"{str(reply_to)[:200]!r} is not a reply queue of stack {cfg.stack}"
+    return None
 
 
 def record_failure(cfg: config.Settings, job_id: str, chunk: list[list[str]], message: str) -> int:
@@ -60,12 +81,11 @@ def decode_task_message(body: str) -> tuple[str, list]:
     return envelope["headers"]["task"], args
 
 
-def classify_args(body: str) -> tuple[str, list[list[str]]] | None:
+def classify_args(cfg: config.Settings, body: str) -> tuple[str, list[list[str]]] | None:
     """(job_id, chunk) of a raw daas.classify message; None for anything else."""
     try:
         task, (job_id, chunk) = decode_task_message(body)
-        if task == "daas.classify" and isinstance(job_id, str) and chunk and all(
-                isinstance(image, list) and len(image) == 2 for image in chunk):
+        if task == "daas.classify" and invalid_task(cfg, job_id, chunk) is None:
             return job_id, chunk
     except (ValueError, KeyError, IndexError, TypeError):
         pass
@@ -89,7 +109,7 @@ def reap(cfg: config.Settings) -> int:
         if not messages:
             return reaped
         for message in messages:
-            task = classify_args(message["Body"])
+            task = classify_args(cfg, message["Body"])
             if task is None:
                 log.warning("dropping a dead-lettered message that is not a daas task: %.200r", message["Body"])
             else:
@@ -119,8 +139,8 @@ def housekeeping() -> dict:
         return {}
     try:
         cfg = settings()
-        ended, live_nodes = end_broken_workers(cfg, provider())
-        return {"ended": ended, "removed": sweep(cfg, {pidbox_queue(cfg, node) for node in live_nodes})}
+        ended, _ = end_broken_workers(cfg, provider())
+        return {"ended": ended, "removed": sweep(cfg)}
     finally:
         _housekeeping.release()
 
@@ -147,54 +167,58 @@ def end_broken_workers(cfg: config.Settings, workers) -> tuple[dict[str, str], s
     return ended, live_nodes
 
 
-def sweep(cfg: config.Settings, live_pidboxes: set[str], event_backlog: int = 30,
-          reply_age: float = 300, pidbox_age: float | None = None,
-          silent_for: float = 3 * replies.REFRESH_EVERY) -> list[str]:
+def sweep(cfg: config.Settings, expires_after: float | None = None, page_size: int = 1000) -> list[str]:
     """Delete the per-process queues and SNS subscriptions that killed processes left behind.
 
     Clean exits remove their own (daas.transport, daas.replies); a SIGKILLed worker, web process or
-    Flower cannot. An event queue nobody drains fills with heartbeats; a pidbox queue older than
-    `pidbox_age` (default: the heartbeat staleness limit) whose worker is not live is dead; a remote
-    control reply queue outlives its `inspect` call by seconds only; a web process's reply queue
-    whose attributes were not refreshed for `silent_for` seconds lost its listener.
+    Flower cannot. A per-process queue is an orphan when its owner stopped renewing its lease
+    (daas.leases): never judged by its contents or by its name alone. A subscription goes only when
+    SQS says definitely that its queue does not exist (a throttled call proves nothing).
     """
-    sqs, sns, stack = client("sqs", cfg), client("sns", cfg), re.escape(cfg.stack)
-    pidbox_age = cfg.stale_after if pidbox_age is None else pidbox_age
-    events = re.compile(rf"^{stack}-celeryev-[0-9a-f-]{{36}}$")
-    control_replies = re.compile(rf"^[0-9a-f-]{{36}}-reply-{stack}-pidbox$")
-    pidbox = re.compile(rf"^.+-{stack}-pidbox$")
-    web_replies = re.compile(rf"^{stack}-replies-[0-9a-f]{{32}}$")
-    removed = []
-    for url in sqs.list_queues(QueueNamePrefix="", MaxResults=1000).get("QueueUrls", []):
-        name = url.rsplit("/", 1)[1]
-        if not (events.match(name) or pidbox.match(name) or web_replies.match(name)):
-            continue
+    sqs, sns, now, removed = client("sqs", cfg), client("sns", cfg), time.time(), []
+    expires_after = cfg.queue_lease_expiry if expires_after is None else expires_after
+    for name, url in stack_queue_candidates(sqs, cfg.stack, page_size):
         try:
-            attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-        except sqs.exceptions.QueueDoesNotExist:  # its process deleted it meanwhile
-            continue
-        age = time.time() - float(attributes["CreatedTimestamp"])
-        if events.match(name):
-            orphan = int(attributes["ApproximateNumberOfMessages"]) >= event_backlog
-        elif web_replies.match(name):
-            orphan = time.time() - float(attributes["LastModifiedTimestamp"]) > silent_for
-        elif control_replies.match(name):
-            orphan = age > reply_age
-        else:
-            orphan = name not in live_pidboxes and age > pidbox_age
-        if orphan:
-            sqs.delete_queue(QueueUrl=url)
-            removed.append(name)
-    for topic in sns.list_topics()["Topics"]:
-        if not topic["TopicArn"].rsplit(":", 1)[1].startswith(f"{cfg.stack}-"):
-            continue
-        pages = sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic["TopicArn"])
+            tags = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
+            created = None if leases.STACK_TAG in tags and leases.ALIVE_TAG in tags else float(
+                sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["CreatedTimestamp"])
+                ["Attributes"]["CreatedTimestamp"])
+            if leases.orphaned(cfg.stack, name, tags, created, now, expires_after):
+                sqs.delete_queue(QueueUrl=url)
+                removed.append(name)
+        except ClientError as exc:
+            if not replies.queue_missing(exc):  # gone meanwhile: its process deleted it
+                log.warning("could not sweep queue %s (tried again at the next run): %r", name, exc)
+    for topic_arn in stack_topics(sns, cfg.stack):
+        pages = sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
         for subscription in (s for page in pages for s in page["Subscriptions"] if s["Protocol"] == "sqs"):
             try:
                 sqs.get_queue_url(QueueName=subscription["Endpoint"].rsplit(":", 1)[1])
-            except ClientError:
-                sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
-                removed.append(subscription["SubscriptionArn"])
+            except ClientError as exc:
+                if replies.queue_missing(exc):
+                    sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+                    removed.append(subscription["SubscriptionArn"])
+                else:
+                    log.warning("could not tell whether the queue of %s exists (kept): %r",
+                                subscription["SubscriptionArn"], exc)
     if removed:
         log.info("swept %d orphaned queues and subscriptions: %s", len(removed), removed)
     return removed
+
+
+def stack_queue_candidates(sqs, stack: str, page_size: int = 1000):
+    """(name, url) of every queue whose name has the shape of a per-process queue of `stack`, over
+    every page of the listing (ListQueues returns at most 1,000 a call)."""
+    for page in sqs.get_paginator("list_queues").paginate(PaginationConfig={"PageSize": page_size}):
+        for url in page.get("QueueUrls", []):
+            name = url.rsplit("/", 1)[1]
+            if leases.maybe_per_process(stack, name):
+                yield name, url
+
+
+def stack_topics(sns, stack: str) -> list[str]:
+    """The ARNs of the SNS topics of `stack`'s exchanges (events, remote control and its replies)."""
+    names = {f"{stack}-events", f"{stack}-pidbox", f"reply-{stack}-pidbox"}
+    pages = sns.get_paginator("list_topics").paginate()
+    return [topic["TopicArn"] for page in pages for topic in page["Topics"]
+            if topic["TopicArn"].rsplit(":", 1)[1] in names]

@@ -10,7 +10,8 @@ whose bindings live in each process: Flower sees no workers and no tasks. This s
 - deletes without an event loop for synchronous consumers (the `inspect` CLI, Flower's thread);
 - emulates AMQP auto-delete: per-process queues (pidbox, event receivers) and their SNS
   subscriptions are removed when the process closes its channel or exits. What a killed process
-  leaves behind is swept by `daas.tasks.housekeeping`.
+  leaves behind is swept by `daas.tasks.housekeeping`, which knows a live owner by the lease it
+  renews on its queues (daas.leases) from a thread of this process.
 
 It also mends two stalls in kombu's event loop (`_fire_timers_without_stalling`,
 `_complete_each_request_alone`) and records when each queue was last polled (`seconds_since_poll`),
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import threading
 import time
 import weakref
 
@@ -27,6 +30,8 @@ from botocore.exceptions import ClientError
 from kombu.asynchronous.http.curl import CurlClient
 from kombu.asynchronous.hub import Hub
 from kombu.transport import SQS
+
+from daas import leases
 
 log = logging.getLogger(__name__)
 _channels: "weakref.WeakSet[Channel]" = weakref.WeakSet()
@@ -94,7 +99,24 @@ class Channel(SQS.Channel):
         declared = super().queue_declare(queue, passive, **kwargs)
         if not passive and (kwargs.get("auto_delete") or kwargs.get("exclusive")):
             self._auto_delete_queues.add(declared.queue)
+            self.renew_leases([declared.queue])
+            _Renewer.ensure_running(self.transport_options.get("daas_lease_interval", 60.0))
         return declared
+
+    @property
+    def stack(self) -> str | None:
+        """The stack whose per-process queues this channel tags (see daas.broker.transport_options)."""
+        return (self.transport_options.get("queue_tags") or {}).get(leases.STACK_TAG)
+
+    def renew_leases(self, queues=None) -> None:
+        """Renew the lease of this process's per-process queues (all of them by default)."""
+        if self.stack is None or self.closed:
+            return
+        for queue in list(self._auto_delete_queues if queues is None else queues):
+            try:
+                leases.renew(self.sqs(), self._resolve_queue_url(queue), self.stack)
+            except Exception as exc:  # the next renewal tries again; five may fail in a row
+                log.warning("could not renew the lease of queue %r: %r", queue, exc)
 
     def _delete(self, queue, exchange=None, *args, **kwargs):
         self._auto_delete_queues.discard(queue)
@@ -116,6 +138,32 @@ class Channel(SQS.Channel):
         if not self.closed:
             self.delete_auto_queues()
         super().close()
+
+
+class _Renewer(threading.Thread):
+    """One thread per process renews the leases of every open channel's per-process queues, every
+    DAAS_QUEUE_LEASE_INTERVAL seconds. A thread, not the event loop: a solo worker runs its task
+    inside the loop, and a long task must not make its pidbox queue look dead."""
+
+    _pid: int | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, interval: float):
+        super().__init__(name="daas-leases", daemon=True)
+        self.interval = interval
+
+    @classmethod
+    def ensure_running(cls, interval: float) -> None:
+        with cls._lock:  # one per process, after a fork too
+            if cls._pid != os.getpid():
+                cls._pid = os.getpid()
+                cls(interval).start()
+
+    def run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            for channel in list(_channels):
+                channel.renew_leases()
 
 
 @atexit.register

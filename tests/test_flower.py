@@ -1,6 +1,7 @@
 """Flower and remote control over the real SQS broker, with SNS fanout (daas/transport.py)."""
 import subprocess
 import sys
+import time
 import uuid
 
 import requests
@@ -73,10 +74,10 @@ def test_flower_sees_workers_and_tasks_and_nothing_is_left_behind(local_aws, tmp
     assert subscriptions(settings) == []
 
 
-def test_sweeper_removes_what_a_killed_worker_left(local_aws, tmp_path):
-    from daas import tasks
+def test_sweeper_removes_what_a_killed_worker_left_and_keeps_live_queues_however_full(local_aws, tmp_path):
+    from daas import leases, tasks
 
-    settings = make_settings(local_aws, tmp_path)
+    settings = make_settings(local_aws, tmp_path, queue_lease_interval=0.5)  # leases expire after 2.5 s
     with Stack(settings, log_dir=tmp_path / "logs") as stack:
         worker = stack.start_worker()
         wait_for(lambda: any("pidbox" in q for q in stack_queues(settings)) and subscriptions(settings), 60,
@@ -84,16 +85,68 @@ def test_sweeper_removes_what_a_killed_worker_left(local_aws, tmp_path):
         worker.kill()  # SIGKILL: no chance to clean up
         worker.wait()
         assert any("pidbox" in q for q in stack_queues(settings))
-        # What a killed `inspect` call and a killed event receiver leave: a reply queue, an event
-        # queue filling up; a live receiver's queue (drained) stays.
-        sqs = aws.client("sqs", settings)
-        reply = sqs.create_queue(QueueName=f"{uuid.uuid4()}-reply-{settings.stack}-pidbox")["QueueUrl"]
-        stale = sqs.create_queue(QueueName=f"{settings.stack}-celeryev-{uuid.uuid4()}")["QueueUrl"]
-        live = sqs.create_queue(QueueName=f"{settings.stack}-celeryev-{uuid.uuid4()}")["QueueUrl"]
-        for start in range(0, 30, 10):
-            sqs.send_message_batch(QueueUrl=stale, Entries=[{"Id": str(i), "MessageBody": "heartbeat"}
-                                                           for i in range(start, start + 10)])
-        removed = tasks.sweep(settings, live_pidboxes=set(), reply_age=0, pidbox_age=0)
+        # What a killed `inspect` call and a killed event receiver leave (leases renewed long ago),
+        # and a live receiver's queue far behind: 100 events waiting, its lease renewed just now.
+        sqs, old = aws.client("sqs", settings), leases.tags(settings.stack, now=time.time() - 60)
+        reply = sqs.create_queue(QueueName=f"{uuid.uuid4()}-reply-{settings.stack}-pidbox", tags=old)["QueueUrl"]
+        stale = sqs.create_queue(QueueName=f"{settings.stack}-celeryev-{uuid.uuid4()}", tags=old)["QueueUrl"]
+        live = sqs.create_queue(QueueName=f"{settings.stack}-celeryev-{uuid.uuid4()}", tags=old)["QueueUrl"]
+        for start in range(0, 100, 10):
+            sqs.send_message_batch(QueueUrl=live, Entries=[{"Id": str(i), "MessageBody": "heartbeat"}
+                                                          for i in range(start, start + 10)])
+        time.sleep(settings.queue_lease_expiry + 0.5)  # the killed worker's pidbox lease runs out
+        leases.renew(sqs, live, settings.stack)
+        removed = tasks.sweep(settings)
     assert any(f"worker-{worker.pid}" in name for name in removed)
     assert {reply.rsplit("/", 1)[1], stale.rsplit("/", 1)[1]} <= set(removed)
     assert stack_queues(settings) == {live.rsplit("/", 1)[1]} and subscriptions(settings) == []
+
+
+def test_two_stacks_whose_names_end_alike_sweep_only_their_own_queues(local_aws, tmp_path):
+    """`prod-<x>` beside `<x>` in one account: each stack's housekeeping runs while both have a live
+    worker; both keep their workers' queues (the old name pattern made `<x>` delete `prod-<x>`'s)."""
+    from daas import tasks
+
+    base = f"t{uuid.uuid4().hex[:8]}"
+    stacks = [make_settings(local_aws, tmp_path / name, stack=name, queue_lease_interval=0.5, heartbeat_interval=0.5)
+              for name in (base, f"prod-{base}")]
+    with Stack(stacks[0], log_dir=tmp_path / "a") as first, Stack(stacks[1], log_dir=tmp_path / "b") as second:
+        workers = [first.start_worker(), second.start_worker()]
+        for settings in stacks:
+            wait_for(lambda: any("pidbox" in q for q in stack_queues(settings)), 60, f"{settings.stack}'s pidbox")
+        pidboxes = {s.stack: {q for q in stack_queues(s) if q.endswith(f"-{s.stack}-pidbox")} for s in stacks}
+        deadline = time.monotonic() + 3 * stacks[0].queue_lease_expiry
+        while time.monotonic() < deadline:  # several sweeps, each past a whole lease expiry
+            for settings in stacks:
+                assert tasks.sweep(settings) == [], settings.stack
+            time.sleep(0.5)
+        for settings in stacks:
+            assert pidboxes[settings.stack] <= stack_queues(settings)
+        assert all(worker.poll() is None for worker in workers)
+
+
+def test_the_sweeper_reads_every_page_of_the_queue_listing(local_aws, tmp_path):
+    from daas import leases, tasks
+
+    settings = make_settings(local_aws, tmp_path)
+    sqs, old = aws.client("sqs", settings), leases.tags(settings.stack, now=time.time() - 3600)
+    names = {f"{settings.stack}-celeryev-{uuid.uuid4()}" for _ in range(12)}
+    for name in names:
+        sqs.create_queue(QueueName=name, tags=old)
+    assert set(tasks.sweep(settings, page_size=5)) == names
+
+
+def test_a_queue_is_an_orphan_only_when_its_own_stack_stopped_renewing_it():
+    from daas.leases import orphaned, tags
+
+    now = 10_000.0
+    fresh, old = tags("daas", now=now - 10), tags("daas", now=now - 400)
+    assert not orphaned("daas", "daas-celeryev-x", fresh, None, now, expires_after=300)
+    assert orphaned("daas", "daas-celeryev-x", old, None, now, expires_after=300)
+    # Another stack's queue, however old its lease: never ours.
+    assert not orphaned("daas", "w-prod-daas-pidbox", tags("prod-daas", now=0), None, now, expires_after=300)
+    # Untagged (an older release, or killed between create and tag): by age, and only when the name
+    # cannot be another stack's.
+    assert orphaned("daas", "daas-worker-1-h-daas-pidbox", {}, now - 400, now, expires_after=300)
+    assert not orphaned("daas", "daas-worker-1-h-daas-pidbox", {}, now - 10, now, expires_after=300)
+    assert not orphaned("daas", "prod-daas-worker-1-h-prod-daas-pidbox", {}, 0, now, expires_after=300)

@@ -2,7 +2,8 @@
 original client, uploads, bad input, idle gaps and injected faults (daas/bench/soak.py).
 
 It lives through several housekeeping runs and a scale-to-zero cycle, with a busy worker, the
-controller, the web tier and beat killed and the controller stalled, and asserts what matters:
+controller, the web tier and beat killed, the controller stalled and Flower stopped for 30 s under
+load (it must catch up on its event queue, which housekeeping must leave alone), and asserts what matters:
 nothing lost or stuck, nothing wrong, no live worker's task run twice, every fault recovered (a
 killed worker's images within 30 s), and not one ERROR or CRITICAL line in any log.
 """
@@ -20,9 +21,10 @@ def test_four_minutes_of_load_and_faults_lose_nothing_and_log_no_error(tmp_path)
     assert images["bad, rejected at the edge"] > 0 and images["bad, error result"] > 0
     assert report["run_twice"] == 0
     assert report["error_lines"] == []
+    assert {"up", "web", "controller", "beat", "flower", "workers", "aws"} <= set(report["logs_checked"])
     assert report["housekeeping_runs"] >= 3 and report["scale_to_zero_cycles"] >= 1
     kinds = {fault["kind"] for fault in report["faults"]}
-    assert {"worker", "controller", "stall", "malformed message"} <= kinds
+    assert {"worker", "controller", "stall", "malformed message", "flower"} <= kinds
     assert all(fault["recovery_s"] is not None for fault in report["faults"]), report["faults"]
     assert report["recovery_s"]["worker"] <= 30
     assert (tmp_path / "soak.json").exists() and (tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG"

@@ -185,7 +185,9 @@ def _grants(name: str) -> set[tuple[str, str]]:
 
 
 # Celery events and remote control: SNS fanout to per-process queues (daas/transport.py).
-EVENTS = {"sqs:CreateQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "sqs:GetQueueAttributes",
+# Per-process queues are tagged at creation and renewed (their lease, daas/leases.py): SQS wants
+# sqs:TagQueue beside sqs:CreateQueue to tag on creation.
+EVENTS = {"sqs:CreateQueue", "sqs:TagQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "sqs:GetQueueAttributes",
           "sqs:GetQueueUrl", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
           "sqs:ChangeMessageVisibility", "sns:CreateTopic", "sns:Publish", "sns:Subscribe", "sns:Unsubscribe",
           "sns:ListSubscriptionsByTopic"}
@@ -201,7 +203,7 @@ ACTIONS = {
                                "sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:ReceiveMessage",
                                "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:ListQueues",
                                "sqs:CreateQueue", "s3:CreateBucket", "s3:ListBucket", "s3:PutObject",
-                               "s3:GetObject", "sns:ListTopics", *EVENTS},
+                               "s3:GetObject", "sns:ListTopics", "sqs:ListQueueTags", *EVENTS},
 }
 # The only actions allowed on every resource: neither can be scoped to one.
 UNSCOPABLE = {"ec2:DescribeInstances", "sqs:ListQueues", "sns:ListTopics"}

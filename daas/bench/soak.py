@@ -9,7 +9,9 @@ until the time is up:
    (empty, not an image, a decompression bomb's header, oversized, truncated) and a malformed
    message sent straight to the classify queue;
 3. one fault in turn: SIGKILL of the controller, SIGSTOP of the controller (a stall `up` must
-   notice), SIGKILL of the web tier, of beat;
+   notice), SIGKILL of the web tier, of beat; and every FLOWER_EVERY cycles, beside it, Flower
+   stopped (SIGSTOP) for minutes while the load goes on, then continued: it must catch up on its
+   event queue, which housekeeping must not take for an orphan however far behind it is;
 4. an idle gap longer than the idle timeout: the pool goes to zero, and the next burst brings it back.
 
 Then it waits for every accepted image and reports: images sent, right, wrong, lost, stuck, run
@@ -43,6 +45,7 @@ from daas.stack import PYTHON, free_port
 from daas.supervisor import answers
 
 FAULTS = ("controller", "stall", "web", "beat")  # one per cycle, in this order
+FLOWER_EVERY = 5             # Flower is stopped in cycles 1, 6, 11, ...
 BURST = 100                  # concurrent POST /classify, as the original load generator sent them
 UPLOAD = 30                  # images per multi-image upload
 RECOVERY_TIMEOUT = 120.0
@@ -57,7 +60,13 @@ def profile(minutes: float) -> dict[str, str]:
     if minutes >= 10:
         return {"DAAS_IDLE_TIMEOUT": "60"}
     return {"DAAS_IDLE_TIMEOUT": "20", "DAAS_SWEEP_INTERVAL": "20", "DAAS_HEARTBEAT_INTERVAL": "5",
-            "DAAS_STALL_TIMEOUT": "30"}
+            "DAAS_STALL_TIMEOUT": "30", "DAAS_QUEUE_LEASE_INTERVAL": "10"}
+
+
+def flower_stop_s(minutes: float) -> float:
+    """How long Flower stays stopped: two minutes in a long soak (past two lease renewals and
+    several housekeeping runs), 30 s in a short one (three renewals of its profile)."""
+    return 120.0 if minutes >= 10 else 30.0
 
 
 @dataclass
@@ -164,7 +173,7 @@ class Soak:
             label = response.text.split(":", 1)[1]
             item.outcome = "right" if label == expected else "wrong"
         elif response.status_code == 504:  # still queued: the message says where its result will be
-            found = re.search(r"/api/jobs/([0-9a-f]{32}) \(image ([0-9a-f]{32})\)", response.text)
+            found = re.search(r"/api/jobs/([0-9a-f]{32})/images/([0-9a-f]{32})", response.text)
             item.job_id, item.image_id = found[1], found[2]
         else:
             item.outcome = "wrong"
@@ -244,6 +253,38 @@ class Soak:
         self.wait_until(check, RECOVERY_TIMEOUT, f"recovery from the {kind} fault")
         fault.recovered = time.time()
 
+    def stop_flower(self) -> None:
+        """SIGSTOP Flower now and SIGCONT it flower_stop_s later, while the cycles go on (the load
+        makes it fall far behind); recovered once it answers and has drained its event queue."""
+        fault, pid = Fault("flower", time.time()), self.pid("flower")
+        self.faults.append(fault)
+        os.kill(pid, signal.SIGSTOP)
+
+        def resume() -> None:
+            time.sleep(flower_stop_s(self.minutes))
+            fault.detail = f"{self.event_backlog()} events waiting"
+            os.kill(pid, signal.SIGCONT)
+            self.wait_until(lambda: answers(f"http://127.0.0.1:{self.settings.flower_port}/healthcheck")
+                            and self.event_backlog() < 20, RECOVERY_TIMEOUT, "Flower to catch up")
+            fault.recovered = time.time()
+
+        self.flower_thread = threading.Thread(target=resume, name="soak-flower", daemon=True)
+        self.flower_thread.start()
+
+    def flower_caught_up(self) -> None:
+        """Wait for a Flower stopped near the end to be continued and catch up (or to fail to)."""
+        thread = getattr(self, "flower_thread", None)
+        if thread is not None:
+            thread.join(flower_stop_s(self.minutes) + RECOVERY_TIMEOUT + 10)
+
+    def event_backlog(self) -> int:
+        """Events waiting in the stack's event queues (Flower's)."""
+        sqs, waiting = aws.client("sqs", self.settings), 0
+        for url in sqs.list_queues(QueueNamePrefix=f"{self.settings.stack}-celeryev-").get("QueueUrls", []):
+            waiting += int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+                           ["Attributes"]["ApproximateNumberOfMessages"])
+        return waiting
+
     def send_malformed(self) -> None:
         sqs = aws.client("sqs", self.settings)
         body = base64.b64encode(json.dumps(MALFORMED).encode()).decode()
@@ -277,6 +318,8 @@ class Soak:
             if cycle % 3 == 0:
                 self.bad_uploads(files[0])
                 self.send_malformed()
+            if cycle % FLOWER_EVERY == 1:
+                self.stop_flower()
             self.inject(FAULTS[cycle % len(FAULTS)])
             self.idle_gap()
             cycle, longest = cycle + 1, max(longest, time.time() - began)
@@ -353,6 +396,7 @@ class Soak:
             "housekeeping_runs": len(re.findall(r"Task daas\.housekeeping\[[^]]+\] succeeded", logs.get("controller", ""))),
             "scale_to_zero_cycles": scale_to_zero_cycles(records),
             "error_lines": error_lines(logs),
+            "logs_checked": sorted(logs),
             "started": self.started,
             "timeline": records,
             "sent": [{"t": i.sent, "kind": i.kind, "latency": i.latency, "outcome": i.outcome} for i in self.sent],
@@ -544,6 +588,7 @@ def run(out: Path, minutes: float = 30.0) -> dict:
         soak.start()
         try:
             cycles = soak.cycles(files)
+            soak.flower_caught_up()
             drained = soak.drain()
         finally:
             soak.stop()
