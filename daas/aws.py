@@ -29,6 +29,39 @@ def client(service: str, settings: Settings):
     return _client(service, settings.aws_endpoint, settings.region, ROLE)
 
 
+# A worker's duties (its heartbeat PUT, ChangeMessageVisibilityBatch for the messages it holds) run
+# on a schedule beside its task, and a call of theirs is worth nothing once the next round is due.
+# With botocore's defaults (60 s to connect, 60 s per read, 4 attempts) one stalled heartbeat PUT
+# held the worker's duties long enough for a held message to reappear for a second worker, which ran
+# the task again, and for the controller to end the worker as dead (issue 16). So duty calls give up
+# within one round: connect and read each within half a round, one attempt (a retry would come no
+# sooner than the next round), between these bounds. The floor spares short rounds (test settings)
+# spurious timeouts: the local endpoint took at most 8 ms on these calls during the delivery tests
+# (its access log); the ceiling is far above what S3 and SQS take for a request this small.
+DUTY_TIMEOUT_MIN = 1.0
+DUTY_TIMEOUT_MAX = 5.0
+
+
+def duty_timeout(every: float) -> float:
+    """Connect and read timeout (seconds) of the calls of a duty done every `every` seconds: one
+    attempt (a connect and a read) fits in a round, for rounds of 2 to 10 s."""
+    return min(DUTY_TIMEOUT_MAX, max(DUTY_TIMEOUT_MIN, every / 2))
+
+
+@functools.lru_cache(maxsize=None)
+def _duty_client(service: str, endpoint: str, region: str, role: str, timeout: float):
+    config = Config(connect_timeout=timeout, read_timeout=timeout,
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    user_agent_extra=f"daas/{role}" if role else None)
+    return boto3.session.Session().client(service, endpoint_url=endpoint or None, region_name=region, config=config)
+
+
+def duty_client(service: str, settings: Settings, every: float):
+    """A cached, thread-safe boto3 client whose calls give up within a round of a duty done every
+    `every` seconds (see duty_timeout): for calls that a later round redoes."""
+    return _duty_client(service, settings.aws_endpoint, settings.region, ROLE, duty_timeout(every))
+
+
 def queue_url(settings: Settings, name: str) -> str:
     return client("sqs", settings).get_queue_url(QueueName=name)["QueueUrl"]
 

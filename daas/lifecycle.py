@@ -22,7 +22,7 @@ from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
 from daas import config, fleet, storage
-from daas.aws import client
+from daas.aws import duty_client
 from daas.broker import LONG_POLL_SECONDS
 from daas.watchdog import Duty, Watchdog, notify, snapshot
 
@@ -91,6 +91,11 @@ class VisibilityKeeper:
     come back quickly, not after minutes. So the timeout is short, and every message that was already
     held at the previous round is hidden for another full timeout, for at most DAAS_TASK_TIME_LIMIT
     seconds; tasks shorter than a round (nearly all: a chunk takes well under a second) cost nothing.
+
+    The rounds run on a thread of their own (daas.watchdog), and their calls give up within a round
+    (daas.aws.duty_client): a slow call is followed by the next round at once, so a message is
+    extended again at most half a timeout after its previous extension, whatever S3 or SQS do (for
+    timeouts of 8 s and more, where a call fits in a round; see test_lifecycle).
     """
 
     def __init__(self, cfg: config.Settings):
@@ -106,7 +111,7 @@ class VisibilityKeeper:
             if seen < now and now - seen < self.cfg.task_time_limit:
                 due.setdefault(url, []).append(handle)
         self.first_seen = {handle: seen for handle, seen in self.first_seen.items() if handle in held}
-        sqs = client("sqs", self.cfg)
+        sqs = duty_client("sqs", self.cfg, self.cfg.extend_every)
         for url, handles in due.items():
             for start in range(0, len(handles), 10):
                 entries = [{"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": self.cfg.visibility_timeout}
@@ -117,8 +122,10 @@ class VisibilityKeeper:
 
 # -- heartbeat -------------------------------------------------------------------------------------
 class Heartbeat:
-    """The worker's record in the output bucket (daas.fleet), written once it consumes and then on
-    every watchdog round while it makes progress; deleted when it exits cleanly."""
+    """The worker's record in the output bucket (daas.fleet), written once it consumes and then
+    every DAAS_HEARTBEAT_INTERVAL while it makes progress; deleted when it exits cleanly. A PUT gives
+    up within a round (daas.aws.duty_client): one slow PUT delays the next beat by a round at most,
+    instead of leaving the record to age until the controller ends a healthy worker (issue 16)."""
 
     def __init__(self, cfg: config.Settings, node: str):
         self.cfg, self.node, self.started, self.consuming = cfg, node, time.time(), False
@@ -130,7 +137,8 @@ class Heartbeat:
     def beat(self) -> None:
         if self.consuming:
             fleet.beat(self.cfg, self.node, {"node": self.node, "pid": os.getpid(), "host": socket.gethostname(),
-                                             "started": self.started, "beat": time.time()})
+                                             "started": self.started, "beat": time.time()},
+                       duty_client("s3", self.cfg, self.cfg.heartbeat_interval))
 
     def forget(self) -> None:
         notify("STOPPING=1")

@@ -36,6 +36,28 @@ class ImageGone(Exception):
     """The uploaded image is not in the input bucket (deleted, or expired by a lifecycle rule)."""
 
 
+GONE = "the uploaded image is no longer in the input bucket; please upload it again"
+MISSING = frozenset({"NoSuchKey", "404"})  # S3's answer to a caller with s3:ListBucket on the bucket
+DENIED = frozenset({"AccessDenied", "403"})  # ... and to one without (and to one without s3:GetObject)
+
+
+def gone_images(codes: list[str | None]) -> list[bool] | None:
+    """Which images of a chunk are gone from the input bucket, from the error code of each one's
+    GetObject (None: fetched); None when the whole chunk must fail, to be tried again.
+
+    S3 answers a missing key with 404 only to a caller allowed s3:ListBucket on the bucket, else
+    with 403 (issue 16: the chunk failed three times, and its good images got "storage unavailable"
+    errors). A 403 while other images of the same chunk were fetched means those keys are gone; a
+    403 for every image (no image fetched) is a real permission problem, and any other error is
+    storage trouble: the chunk fails then, and SQS delivers it again.
+    """
+    if any(code is not None and code not in MISSING | DENIED for code in codes):
+        return None
+    if any(code in DENIED for code in codes) and None not in codes:
+        return None
+    return [code is not None for code in codes]
+
+
 def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]], batch: int = 0) -> list[dict]:
     """The result document of each image of a chunk ([image_id, name] pairs), in order.
 
@@ -45,21 +67,37 @@ def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]], ba
     a worker 2.1 ms of CPU, against 2.4-2.5 ms between two forward passes (botocore's code stays in
     the CPU's caches).
     """
-    fetched = [fetch(cfg, job_id, image_id) for image_id, _ in chunk]
+    fetched = fetch_chunk(cfg, job_id, chunk)
     batch = batch or (len(chunk) if classifier().device.type == "cuda" else 1)
     return [result for start in range(0, len(chunk), batch)
             for result in classify_batch(cfg, job_id, chunk[start:start + batch], fetched[start:start + batch])]
 
 
-def fetch(cfg: config.Settings, job_id: str, image_id: str) -> tuple[bytes | ImageGone, float]:
-    """An uploaded image's bytes (or ImageGone), and the milliseconds it took to get them."""
+def fetch_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]]) -> list[tuple[bytes | ImageGone, float]]:
+    """Each image's bytes (or ImageGone) and the milliseconds it took to get them; raises S3's error
+    when the whole chunk must be tried again (see gone_images)."""
+    fetched = [fetch(cfg, job_id, image_id) for image_id, _ in chunk]
+    codes = [data.response["Error"]["Code"] if isinstance(data, ClientError) else None for data, _ in fetched]
+    gone = gone_images(codes)
+    if gone is None:
+        raise next(data for data, _ in fetched if isinstance(data, ClientError))
+    if DENIED & set(codes):
+        log.warning("job %s: S3 refused %d of %d images of a chunk (403) and served the others: taken as gone "
+                    "(S3 answers a missing key with 403 to a worker without s3:ListBucket on the input bucket)",
+                    job_id, sum(code in DENIED for code in codes), len(chunk))
+    return [(ImageGone(GONE) if lost else data, ms) for lost, (data, ms) in zip(gone, fetched)]
+
+
+def fetch(cfg: config.Settings, job_id: str, image_id: str) -> tuple[bytes | ClientError, float]:
+    """An uploaded image's bytes (or S3's 404 or 403 for it, see gone_images), and the milliseconds
+    it took to get them."""
     started = time.perf_counter()
     try:
         data = storage.get_image(cfg, storage.image_key(job_id, image_id))
     except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("NoSuchKey", "404"):
-            raise  # storage trouble: the whole chunk is tried again
-        data = ImageGone("the uploaded image is no longer in the input bucket; please upload it again")
+        if exc.response["Error"]["Code"] not in MISSING | DENIED:
+            raise  # storage trouble: the whole chunk is tried again, without fetching the rest
+        data = exc
     return data, (time.perf_counter() - started) * 1000
 
 

@@ -10,7 +10,7 @@ alive, the outage of issue 11.
 
 While the process is healthy the watchdog pings systemd's watchdog (sd_notify `WATCHDOG=1`, when
 NOTIFY_SOCKET is set), so that systemd also ends a process hung so badly that this thread cannot
-run; beside it, on a thread of their own, run its duties (a worker's heartbeat record and the
+run; beside it, each on a thread of its own, run its duties (a worker's heartbeat record and the
 visibility of the messages it holds, see daas.lifecycle).
 """
 from __future__ import annotations
@@ -76,12 +76,16 @@ def running_task_starts() -> list[float]:
 
 @dataclass
 class Duty:
-    """Something done every `every` seconds beside the watchdog (on its own thread), until the
-    process exits: it exits when it stalls."""
+    """Something done every `every` seconds beside the watchdog, on a thread of its own, until the
+    process exits: it exits when it stalls. `last`: when its latest round started (monotonic)."""
 
     every: float
     run: Callable[[], None]
     last: float = field(default=0.0)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.run, "__name__", repr(self.run))
 
 
 class Watchdog(threading.Thread):
@@ -94,7 +98,7 @@ class Watchdog(threading.Thread):
         self.queue, self.stall_timeout, self.task_time_limit = queue, stall_timeout, task_time_limit
         self.duties = list(duties)
         self.started, self.ready_at = time.time(), None
-        self.tick = min([5.0, stall_timeout / 4, *(d.every for d in self.duties)])
+        self.tick = min(5.0, stall_timeout / 4)  # the duties keep their own time (start_duties)
         self.stopping = threading.Event()
 
     def ready(self, **_) -> None:
@@ -110,8 +114,7 @@ class Watchdog(threading.Thread):
                            running_task_starts(), self.task_time_limit)
 
     def run(self) -> None:
-        if self.duties:
-            threading.Thread(target=self.run_duties_forever, name="daas-duties", daemon=True).start()
+        self.start_duties()
         while not self.stopping.wait(self.tick):
             stalled = self.stalled_for()
             if stalled > self.stall_timeout:
@@ -123,21 +126,24 @@ class Watchdog(threading.Thread):
                 os._exit(EXIT_STALLED)
             notify("WATCHDOG=1")
 
-    def run_duties_forever(self) -> None:
-        """On a thread of their own: a duty waiting on a slow S3 or SQS (botocore allows a minute
-        a try) must not hold up the stall check and systemd's watchdog pings."""
-        while not self.stopping.wait(self.tick):
-            self.run_duties()
-
-    def run_duties(self) -> None:
-        now = time.monotonic()
+    def start_duties(self) -> None:
+        """Each duty on a thread of its own: one waiting on a slow S3 or SQS must hold up neither
+        the stall check and systemd's watchdog pings nor the other duties. Issue 16: on one shared
+        thread, a heartbeat PUT that S3 held for 30 s held back the visibility extension, and a
+        second worker got the message of the task in hand and ran it again."""
         for duty in self.duties:
-            if now - duty.last >= duty.every:
-                duty.last = now
-                try:
-                    duty.run()
-                except Exception as exc:  # a duty that fails now runs again next time
-                    log.warning("%s failed: %r", getattr(duty.run, "__name__", duty.run), exc)
+            threading.Thread(target=self.run_duty_forever, args=(duty,), name=f"daas-{duty.name}",
+                             daemon=True).start()
+
+    def run_duty_forever(self, duty: Duty) -> None:
+        """A round of `duty` every `duty.every` seconds, from start to start: a round that ran
+        over its period is followed by the next at once, never a whole period later."""
+        while not self.stopping.wait(max(0.0, duty.last + duty.every - time.monotonic())):
+            duty.last = time.monotonic()
+            try:
+                duty.run()
+            except Exception as exc:  # a duty that fails now runs again next round
+                log.warning("%s failed: %r", duty.name, exc)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from daas import aws, fleet
-from daas.broker import pidbox_queue
 from daas.stack import Stack
 from tests.conftest import Service, make_settings, skimage_photo, wait_for
 
@@ -66,7 +65,8 @@ def test_a_long_task_runs_once_and_its_busy_worker_lives_through_housekeeping(lo
     from daas import tasks
     from daas.providers import LocalProvider
 
-    settings = make_settings(local_aws, tmp_path, visibility_timeout=2, heartbeat_interval=1, images_per_task=30)
+    settings = make_settings(local_aws, tmp_path, visibility_timeout=2, heartbeat_interval=1, images_per_task=30,
+                             queue_lease_interval=0.5)
     with Stack(settings, log_dir=tmp_path / "logs") as stack:
         service = Service(stack, stack.start_web())
         workers = [stack.start_worker("first"), stack.start_worker("second")]
@@ -78,7 +78,7 @@ def test_a_long_task_runs_once_and_its_busy_worker_lives_through_housekeeping(lo
         while not service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "done":
             ended, live = tasks.end_broken_workers(settings, LocalProvider(settings))
             assert ended == {} and len(live) == 2, (ended, live)
-            assert tasks.sweep(settings, {pidbox_queue(settings, node) for node in live}, pidbox_age=0) == []
+            assert tasks.sweep(settings) == []  # its leases expire 2.5 s after their last renewal
             time.sleep(0.5)
         assert time.monotonic() - started > 2 * settings.visibility_timeout, "the task should outlast the timeout"
         assert len(task_lines(tmp_path / "logs", "received")) == 1
@@ -175,3 +175,38 @@ def test_the_reply_listener_lives_through_unreadable_replies_and_replying_never_
         replies.send(settings, url.rsplit("/", 1)[0] + "/gone", "job/other", [])  # logged, not raised
     finally:
         box.close()
+
+
+def test_a_heartbeat_put_that_s3_holds_delays_neither_the_visibility_extension_nor_the_next_beat(local_aws, tmp_path):
+    """Issue 16: while a long task runs (as in the test above), S3 holds each worker's next heartbeat
+    PUT for 30 s (a proxy in front of the endpoint, tests/aws_proxy.py). The visibility extension has
+    a thread of its own and the PUT gives up within a round, so no second worker gets the task's
+    message (it runs once), and the next beats keep both records fresh (housekeeping ends no one).
+    Before: one thread did both, with botocore's 60 s timeouts; the held PUT stopped the extension."""
+    from daas import tasks
+    from daas.providers import LocalProvider
+    from tests.aws_proxy import AwsProxy, Rule
+
+    with AwsProxy(local_aws) as proxy:
+        settings = make_settings(proxy.url, tmp_path, visibility_timeout=2, heartbeat_interval=2, images_per_task=60)
+        with Stack(settings, log_dir=tmp_path / "logs") as stack:
+            service = Service(stack, stack.start_web())
+            workers = {name: stack.start_worker(name) for name in ("first", "second")}
+            wait_for(lambda: len(fleet.heartbeats(settings)) == 2, 90, "both workers to beat")
+            png = big_png()  # 60 in one task: twice the time of the test above, so that it runs on
+            job = service.submit([(f"big{i}.png", png) for i in range(60)]).json()  # well past the hold
+            wait_for(lambda: task_lines(tmp_path / "logs", "received"), 60, "a worker to take the task")
+            proxy.add(Rule("PUT", f"/{settings.output_bucket}/{fleet.PREFIX}", hold=30, once_per_path=True))
+            while not service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "done":
+                ended, live = tasks.end_broken_workers(settings, LocalProvider(settings))
+                assert ended == {} and len(live) == 2, (ended, live)
+                time.sleep(0.5)
+            finished = time.time()
+            busy = next(worker for name, worker in workers.items()
+                        if "] received" in (tmp_path / "logs" / f"{name}.log").read_text())
+            held = [at for at, _, path in proxy.held if f"-worker-{busy.pid}@" in path]
+            assert held and finished - held[0] > settings.visibility_timeout + 1, \
+                "the busy worker's heartbeat PUT should be held while its task runs on, past the timeout"
+            assert len(task_lines(tmp_path / "logs", "received")) == 1
+            assert all(worker.poll() is None for worker in workers.values())
+            assert {image["status"] for image in service.wait_job(job["job_id"])["images"]} == {"done"}

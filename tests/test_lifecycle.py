@@ -42,6 +42,39 @@ def test_sd_notify_reaches_an_abstract_socket(monkeypatch):
     assert not watchdog.notify("READY=1")  # no systemd: nothing to do
 
 
+def test_a_hanging_duty_does_not_hold_up_another_duty():
+    """Issue 16: a heartbeat PUT that hangs must not delay the visibility extension. Each duty has
+    a thread of its own: the one beside a duty that never returns still runs every round."""
+    import threading
+
+    hang, rounds = threading.Event(), []
+    dog = watchdog.Watchdog("q", stall_timeout=60, task_time_limit=300, duties=[
+        watchdog.Duty(0.05, hang.wait), watchdog.Duty(0.1, lambda: rounds.append(time.monotonic()))])
+    dog.start_duties()
+    time.sleep(1.0)
+    dog.stop()
+    hang.set()
+    assert len(rounds) >= 5, rounds  # 10 on an idle machine
+    assert max(b - a for a, b in zip(rounds, rounds[1:])) < 0.5
+
+
+@pytest.mark.parametrize("visibility_timeout", [8, 20, 60, 300])
+def test_a_duty_call_gives_up_in_time_for_the_next_extension_within_half_the_timeout(visibility_timeout):
+    """A call of the visibility extension gives up within a round (connect, read, no retry), and
+    the next round follows at once: a message is extended again at most half a timeout after its
+    previous extension, however slow S3 or SQS are (the previous round started before it)."""
+    from daas import aws
+
+    cfg = config.Settings(visibility_timeout=visibility_timeout, aws_endpoint="http://127.0.0.1:9")
+    client_config = aws.duty_client("sqs", cfg, cfg.extend_every).meta.config
+    assert client_config.retries["total_max_attempts"] == 1
+    longest_call = client_config.connect_timeout + client_config.read_timeout
+    assert longest_call <= cfg.extend_every
+    assert cfg.extend_every + longest_call <= cfg.visibility_timeout / 2
+    heartbeat = aws.duty_client("s3", cfg, cfg.heartbeat_interval).meta.config
+    assert heartbeat.connect_timeout + heartbeat.read_timeout <= cfg.heartbeat_interval
+
+
 # -- retirement ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("now, last_busy, idle, lifetime, expected", [
     (100, 50, 60, 0, None),

@@ -186,3 +186,66 @@ def test_a_batched_forward_pass_labels_each_image_and_reports_bad_ones(no_worker
     assert [d["label"] for d in documents] == ["espresso", None, "tripod"]
     assert "truncated" in documents[1]["error"]
     assert set(documents[0]["timings_ms"]) == {"fetch", "decode", "forward"}
+
+
+# -- an upload gone from the input bucket (issue 16) -------------------------------------------------
+@pytest.mark.parametrize("codes, gone", [
+    ([None, None], [False, False]),
+    ([None, "NoSuchKey", None], [False, True, False]),     # S3's answer with s3:ListBucket on the bucket
+    ([None, "AccessDenied", None], [False, True, False]),  # without it: its chunk-mates were fetched
+    ([None, "404", "403"], [False, True, True]),
+    (["NoSuchKey"], [True]),
+    (["AccessDenied"], None),                              # nothing could be read: a permission problem
+    (["AccessDenied", "AccessDenied"], None),
+    (["NoSuchKey", "AccessDenied"], None),                 # no image fetched: no proof the 403 is a gone key
+    ([None, "SlowDown"], None),                            # storage trouble: the chunk is tried again
+    ([None, "InternalError", "AccessDenied"], None),
+])
+def test_a_403_means_an_image_is_gone_only_beside_images_that_were_fetched(codes, gone):
+    from daas.pipeline import gone_images
+
+    assert gone_images(codes) == gone
+
+
+def test_an_upload_gone_from_the_input_bucket_fails_alone_whether_s3_says_404_or_403(local_aws, tmp_path):
+    """Three chunks wait in the queue before the worker starts. The stack reaches the endpoint through
+    a proxy (tests/aws_proxy.py) that answers as S3 does where moto cannot: moto answers a missing key
+    with 404 to anyone, S3 with 403 AccessDenied to a caller without s3:ListBucket on the bucket.
+
+    - ten images, one deleted, S3 says 404 (the worker may list the bucket): nine labels, one error;
+    - the same where S3 says 403 (it may not): the same, at the first delivery (issue 16: the chunk
+      failed three times, and the reaper wrote "storage unavailable" errors for all ten);
+    - two images, both refused with 403 (a real permission problem): the chunk fails, SQS delivers it
+      again until it is dead-lettered, and no image of it gets an error written by the worker."""
+    from daas.stack import Stack
+    from tests.aws_proxy import AwsProxy, Rule
+    from tests.conftest import Service, make_settings, wait_for
+    from tests.test_delivery import dead_letters, task_lines
+
+    with AwsProxy(local_aws) as proxy:
+        settings = make_settings(proxy.url, tmp_path, visibility_timeout=1)
+        with Stack(settings, log_dir=tmp_path / "logs") as stack:
+            service = Service(stack, stack.start_web())
+            photo = skimage_photo("coffee.png")
+            not_found = service.submit([(f"{i}.png", photo) for i in range(10)]).json()
+            denied = service.submit([(f"{i}.png", photo) for i in range(10)]).json()
+            refused = service.submit([("a.png", photo), ("b.png", photo)]).json()
+            s3 = aws.client("s3", settings)
+            for job in (not_found, denied):
+                s3.delete_object(Bucket=settings.input_bucket,
+                                 Key=storage.image_key(job["job_id"], job["images"][3]["id"]))
+            proxy.add(Rule("GET", f"/{settings.input_bucket}/{denied['job_id']}/", deny="missing"))
+            proxy.add(Rule("GET", f"/{settings.input_bucket}/{refused['job_id']}/", deny="all"))
+            stack.start_worker()
+
+            for job in (not_found, denied):
+                images = service.wait_job(job["job_id"])["images"]
+                assert [image["label"] for image in images[:3] + images[4:]] == ["espresso"] * 9
+                assert images[3]["status"] == "error" and images[3]["error"] == (
+                    "the uploaded image is no longer in the input bucket; please upload it again")
+            wait_for(lambda: dead_letters(settings) == 1, 60, "the refused chunk in the dead-letter queue")
+            status = service.http.get(f"{service.url}/api/jobs/{refused['job_id']}").json()
+            assert [image["status"] for image in status["images"]] == ["queued", "queued"]
+            # Each gone image's chunk succeeded at its first delivery; the refused one was tried 3 times.
+            assert len(task_lines(tmp_path / "logs", "succeeded")) == 2
+            assert len(task_lines(tmp_path / "logs", "received")) == 2 + settings.max_receives

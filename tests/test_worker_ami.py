@@ -240,11 +240,25 @@ def test_worker_reads_inputs_and_results_writes_only_results_and_consumes_only_t
     classify = "arn:aws:sqs:${Region}:${Account}:daas-classify"
     assert _without_events(_grants("worker-policy.json")) == {
         ("sqs:SendMessage", "arn:aws:sqs:${Region}:${Account}:daas-replies-*"),  # results pushed to the web tier
-        ("s3:GetObject", "arn:aws:s3:::daas-input/*"), ("s3:PutObject", "arn:aws:s3:::daas-output/*"),
+        ("s3:GetObject", "arn:aws:s3:::daas-input/*"), ("s3:ListBucket", "arn:aws:s3:::daas-input"),
+        ("s3:PutObject", "arn:aws:s3:::daas-output/*"),
         ("s3:GetObject", "arn:aws:s3:::daas-output/*"), ("s3:ListBucket", "arn:aws:s3:::daas-output"),
         ("s3:DeleteObject", "arn:aws:s3:::daas-output/workers/*"), ("sqs:ListQueues", "*"),
         *{(action, classify) for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
                                             "sqs:GetQueueUrl", "sqs:GetQueueAttributes")}}
+
+
+def test_the_worker_may_list_each_bucket_it_reads_so_a_missing_key_reads_as_404():
+    """S3 answers a GetObject of a missing key with 403 AccessDenied, not 404, to a caller without
+    s3:ListBucket on the bucket. Issue 16: a worker that could not list the input bucket took an
+    upload deleted from it for a permission problem, and failed the image's whole chunk."""
+    grants = _grants("worker-policy.json")
+    read = {resource.removesuffix("/*") for action, resource in grants if action == "s3:GetObject"}
+    listed = {resource for action, resource in grants if action == "s3:ListBucket"}
+    assert read == listed == {"arn:aws:s3:::daas-input", "arn:aws:s3:::daas-output"}
+    policy = _policy("worker-policy.json")
+    assert _allows(policy, "s3:ListBucket", "arn:aws:s3:::daas-input")
+    assert not _allows(policy, "s3:ListBucket", "arn:aws:s3:::daas-other")
 
 
 def test_controller_launches_only_tagged_workers_and_passes_only_the_worker_role():
