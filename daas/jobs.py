@@ -1,17 +1,21 @@
 """Jobs: a set of uploaded images classified together. Shared by the web form, the API and /classify."""
 from __future__ import annotations
 
+import hmac
+import logging
 import math
 import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Callable
 
 from daas import replies, results, storage
 from daas.config import Settings
 from daas.images import BadImage, check_upload
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,35 +73,105 @@ def check(settings: Settings, uploads: list[Upload]) -> tuple[list, list]:
     return accepted, rejected
 
 
-def submit(settings: Settings, uploads: list[Upload]) -> dict:
+def submit(settings: Settings, uploads: list[Upload], owner: str = "") -> dict:
     """Store and enqueue the images of one request. Images failing the edge checks get an error
-    result at once, unless all fail: then the request is rejected with the reasons."""
-    job, _ = enqueue(settings, *check(settings, uploads))
+    result at once, unless all fail: then the request is rejected with the reasons. Images that
+    could not be queued get an error result too; if none could be, Rejected (503)."""
+    job, keys, errors = enqueue(settings, *check(settings, uploads), owner=owner)
+    if errors and not keys:
+        raise Rejected("; ".join(sorted(set(errors.values()))), 503)
     return job
 
 
-def enqueue(settings: Settings, accepted: list, rejected: list = ()) -> tuple[dict, dict[str, str]]:
-    """Store checked images as one job and enqueue them in chunks: (the job, {image id: the
-    results key of its chunk})."""
-    from daas.tasks import classify
+def not_queued(reason: str) -> str:
+    """The error of an image that was never enqueued: what happened, and what to do."""
+    return f"the image could not be queued ({reason}): upload it again"
 
+
+def enqueue(settings: Settings, accepted: list, rejected: list = (), owner: str = "",
+            keep: Callable[[list[dict]], list[dict]] | None = None) -> tuple[dict, dict[str, str], dict[str, str]]:
+    """Store checked images as one job and enqueue them in chunks: (the job, {image id: the
+    results key of its chunk} for the images enqueued, {image id: why not} for the others).
+
+    Each image is stored on its own: one that cannot be read or stored fails alone. `keep`, given
+    the images stored, returns those still wanted (the coalescer drops the requests that stopped
+    waiting). Every image of the manifest that is not enqueued gets an error result, so the job
+    finishes (issue 16: a send failing mid-loop had left jobs "running" for ever). `owner` (a hash
+    of the API key, see web.auth.owner) is recorded in the manifest: only that key reads the job.
+    Raises Rejected (503) when the job itself could not be stored: then nothing was enqueued."""
     job_id = new_id()
     images = [image for image, _ in accepted] + [image for image, _ in rejected]
-    writes = [lambda: storage.put_manifest(settings, {"job_id": job_id, "created": time.time(), "images": images})]
+    stored, errors = _store(settings, {"job_id": job_id, "created": time.time(), "images": images,
+                                       **({"owner": owner} if owner else {})}, accepted, rejected)
+    kept = keep(stored) if keep else stored
+    kept_ids = {image["id"] for image in kept}
+    errors.update({image["id"]: not_queued("its request had stopped waiting")
+                   for image in stored if image["id"] not in kept_ids})
+    keys, unsent = _send(settings, job_id, kept)
+    errors.update(unsent)
+    _record_errors(settings, job_id, [image for image, _ in accepted if image["id"] in errors], errors)
+    if keys:
+        nudge_autoscaler(settings)
+    return {"job_id": job_id, "images": images}, keys, errors
+
+
+def _store(settings: Settings, manifest: dict, accepted: list, rejected: list) -> tuple[list[dict], dict[str, str]]:
+    """Write the manifest, the error results of `rejected` and each accepted image, in parallel:
+    (the images stored, {image id: why not} of the others: a closed or unreadable upload, a
+    refused PUT fails its own image only). Rejected (503) when the job itself could not be written."""
+    job_id = manifest["job_id"]
+    job_writes = [_uploads.submit(storage.put_manifest, settings, manifest)]
     if rejected:
-        writes.append(lambda: storage.put_results(
-            settings, job_id, [results.error(job_id, i["id"], i["name"], str(e)) for i, e in rejected]))
-    writes += [lambda i=image, d=data: storage.put_image(settings, storage.image_key(job_id, i["id"]), d, i["name"])
-               for image, data in accepted]
-    for future in [_uploads.submit(write) for write in writes]:  # in parallel; re-raises any failure
-        future.result()
-    reply_to, keys = replies.for_settings(settings).queue_url(), {}
-    for chunk in chunks([[image["id"], image["name"]] for image, _ in accepted], settings.images_per_task):
-        # Only once its images are stored; the worker sends the results back to this process too.
-        classify.apply_async((job_id, chunk), {"reply_to": reply_to}, queue=settings.queue)
-        keys.update(dict.fromkeys((image_id for image_id, _ in chunk), storage.results_key(job_id, chunk[0][0])))
-    nudge_autoscaler(settings)
-    return {"job_id": job_id, "images": images}, keys
+        job_writes.append(_uploads.submit(storage.put_results, settings, job_id,
+                                          [results.error(job_id, i["id"], i["name"], str(e)) for i, e in rejected]))
+    image_writes = [(image, _uploads.submit(storage.put_image, settings, storage.image_key(job_id, image["id"]),
+                                            data, image["name"])) for image, data in accepted]
+    stored, errors = [], {}
+    for image, write in image_writes:
+        try:
+            write.result()
+            stored.append(image)
+        except Exception as exc:
+            errors[image["id"]] = not_queued(f"storing it failed: {exc}")
+    try:
+        for write in job_writes:
+            write.result()
+    except Exception as exc:  # no manifest, no job: nothing is enqueued, every request answers 503
+        raise Rejected(not_queued(f"the job could not be stored: {exc}"), 503) from exc
+    return stored, errors
+
+
+def _send(settings: Settings, job_id: str, images: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
+    """Send the stored images in chunks: ({image id: results key} of the chunks sent, {image id:
+    why not} of the others). The first refusal ends the loop: a broker that is down would have a
+    request wait for each chunk's retries in turn."""
+    from daas.tasks import classify
+
+    keys, pending, sent = {}, chunks([[image["id"], image["name"]] for image in images], settings.images_per_task), 0
+    try:
+        reply_to = replies.for_settings(settings).queue_url()  # the worker sends the results back here too
+        for chunk in pending:  # only once its images are stored
+            classify.apply_async((job_id, chunk), {"reply_to": reply_to}, queue=settings.queue)
+            keys.update(dict.fromkeys((image_id for image_id, _ in chunk), storage.results_key(job_id, chunk[0][0])))
+            sent += 1
+    except Exception as exc:
+        log.warning("job %s: %d of %d tasks sent, then: %r", job_id, sent, len(pending), exc)
+        reason = not_queued(f"the queue refused it: {exc}")
+        return keys, {image_id: reason for chunk in pending[sent:] for image_id, _ in chunk}
+    return keys, {}
+
+
+def _record_errors(settings: Settings, job_id: str, images: list[dict], errors: dict[str, str]) -> None:
+    """Error results for the images of the manifest that were not enqueued: the job finishes, and
+    its status says what to do. One object, at the key of its first image (never a chunk's key: no
+    image of a chunk sent is among them)."""
+    if not images:
+        return
+    try:
+        storage.put_results(settings, job_id, [results.error(job_id, i["id"], i["name"], errors[i["id"]])
+                                               for i in images])
+    except Exception as exc:  # the requests still answer with the reason; only the job's status lacks it
+        log.warning("job %s: could not store the errors of %d images not queued: %r", job_id, len(images), exc)
 
 
 def chunks(items: list, most: int) -> list[list]:
@@ -119,23 +193,28 @@ _last_nudge = 0.0
 def nudge_autoscaler(settings: Settings) -> None:
     """Ask for a scaling decision now rather than at the next beat tick: from zero workers, the
     first image should not wait up to DAAS_SCALE_INTERVAL for the scaler to notice it. At most
-    one nudge a second per web process; a nudge nobody takes in time expires."""
+    one nudge a second per web process; a nudge nobody takes in time expires. Best effort: the
+    beat ticks every DAAS_SCALE_INTERVAL anyway."""
     global _last_nudge
     from daas.autoscale import scale
 
     if time.monotonic() - _last_nudge < 1.0:
         return
     _last_nudge = time.monotonic()
-    scale.apply_async(queue=settings.control_queue, expires=settings.scale_interval)
+    try:
+        scale.apply_async(queue=settings.control_queue, expires=settings.scale_interval)
+    except Exception as exc:  # the images are queued already: a failed request would have them sent, and run, twice
+        log.warning("could not nudge the autoscaler (its next tick scales instead): %r", exc)
 
 
-def status(settings: Settings, job_id: str) -> dict | None:
-    """The job with each image's state; None for an unknown job id."""
+def status(settings: Settings, job_id: str, owner: str = "") -> dict | None:
+    """The job with each image's state; None for an unknown job id, and for a job `owner` did not
+    create (one API key never reads another's jobs: issue 16)."""
     if not re.fullmatch(r"[0-9a-f]{32}", job_id):
         return None
     key = storage.manifest_key(job_id)
     manifest = replies.cache.get_many([key]).get(key) or storage.get_manifest(settings, job_id)
-    if manifest is None:
+    if manifest is None or not hmac.compare_digest(manifest.get("owner", ""), owner):
         return None
     replies.cache.put_many({key: manifest})
     finished = storage.finished_keys(settings, job_id)
@@ -149,16 +228,17 @@ def status(settings: Settings, job_id: str) -> dict | None:
     return {"job_id": job_id, "status": state, "finished": done, "total": len(images), "images": images}
 
 
-def classify_one(settings: Settings, upload: Upload, client: str = "") -> tuple[str, dict, dict | None]:
+def classify_one(settings: Settings, upload: Upload, client: str = "",
+                 owner: str = "") -> tuple[str, dict, dict | None]:
     """Classify one image and wait for its result: (its job id, the image, its result or None on
     timeout), the synchronous contract. Concurrent requests of one client share jobs and tasks
     (daas.coalesce); the result is pushed to this process (daas.replies), the output bucket is
-    only the fallback."""
+    only the fallback. Rejected (503) when the image could not be queued."""
     from daas.coalesce import for_settings as coalescer
 
     accepted, _ = check(settings, [upload])
     try:
-        job_id, key = coalescer(settings).enqueue(client, accepted[0])
+        job_id, key = coalescer(settings).enqueue(client, accepted[0], owner)
     except TimeoutError as exc:
         raise Rejected(f"the service could not store the image in time ({exc}): retry later", 503) from exc
     image = accepted[0][0]

@@ -40,6 +40,17 @@ def make_settings(local_aws: str, tmp: Path, **overrides) -> config.Settings:
     return settings
 
 
+def send_from_this_process(settings: config.Settings) -> config.Settings:
+    """Point this process's Celery app at the local endpoint, for an in-process app that enqueues: a
+    web process reads it from its environment when celeryconfig is imported; here the settings
+    come from the test."""
+    from daas import broker
+    from daas.celery_app import app
+
+    app.conf.update(broker_url=broker.broker_url(settings), broker_transport_options=broker.transport_options(settings))
+    return settings
+
+
 class Service:
     """A running stack: `url` of its web tier, `settings`, and the Stack to start more processes."""
 

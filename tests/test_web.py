@@ -1,14 +1,16 @@
 """The web tier in process (Flask's test client) against the local AWS endpoint: API keys, the rate
 limit, the status served from the autoscaler's tick, and the error messages of each route."""
+import hashlib
 import io
+import re
 import time
 
 import pytest
 import requests
 from PIL import Image
 
-from daas import health, ratelimit
-from tests.conftest import make_settings
+from daas import aws, health, ratelimit, storage
+from tests.conftest import make_settings, send_from_this_process
 from web import create_app
 
 KEY = "k3y-for-tests"
@@ -23,7 +25,7 @@ def jpeg() -> bytes:
 @pytest.fixture
 def keyed(local_aws, tmp_path):
     """The web app of a fresh stack with API keys on and a limit of 5 images a minute."""
-    settings = make_settings(local_aws, tmp_path, api_keys=f"other, {KEY}", rate_limit=5)
+    settings = send_from_this_process(make_settings(local_aws, tmp_path, api_keys=f"other, {KEY}", rate_limit=5))
     return create_app(settings).test_client()
 
 
@@ -57,6 +59,47 @@ def test_every_route_but_the_open_pages_wants_the_key(keyed):
     for rule in rules:
         method = sorted(rule.methods - {"HEAD", "OPTIONS"})[0]
         assert keyed.open(re.sub(r"<[^>]+>", "x", rule.rule), method=method).status_code == 401, rule.rule
+
+
+def test_a_job_is_readable_only_with_the_key_that_created_it(keyed):
+    """Issue 16: any key read any job. The manifest records the creator by a hash of its key."""
+    job = keyed.post("/api/jobs", data={"images": (io.BytesIO(jpeg()), "mine.jpg")}, headers=bearer()).get_json()
+    path = f"/api/jobs/{job['job_id']}"
+    assert keyed.get(path, headers=bearer()).get_json()["images"][0]["name"] == "mine.jpg"
+    unknown = keyed.get("/api/jobs/" + "f" * 32, headers=bearer("other")).get_json()["error"]
+    for route in (path, f"{path}/images/{job['images'][0]['id']}"):
+        other = keyed.get(route, headers=bearer("other"))
+        assert other.status_code == 404  # with the words an unknown job gets: nothing tells them apart
+        assert other.get_json()["error"] == unknown.replace("f" * 32, job["job_id"])
+    settings = keyed.application.config["DAAS_SETTINGS"]
+    manifest = aws.client("s3", settings).get_object(Bucket=settings.output_bucket,
+                                                     Key=storage.manifest_key(job["job_id"]))["Body"].read()
+    assert KEY.encode() not in manifest and hashlib.sha256(KEY.encode()).hexdigest().encode() in manifest
+
+
+def test_the_image_route_answers_with_that_image_only(keyed):
+    job = keyed.post("/api/jobs", data={"images": [(io.BytesIO(jpeg()), "a.jpg"), (io.BytesIO(jpeg()), "b.jpg")]},
+                     headers=bearer()).get_json()
+    first, second = job["images"]
+    response = keyed.get(f"/api/jobs/{job['job_id']}/images/{first['id']}", headers=bearer())
+    assert response.status_code == 200
+    assert {k: response.get_json()[k] for k in ("id", "name", "status")} == {**first, "status": "queued"}
+    assert second["id"] not in response.get_data(as_text=True) and "b.jpg" not in response.get_data(as_text=True)
+    missing = keyed.get(f"/api/jobs/{job['job_id']}/images/{'0' * 32}", headers=bearer())
+    assert missing.status_code == 404 and "no image with id" in missing.get_json()["error"]
+
+
+def test_a_classify_that_times_out_names_its_images_url_and_not_the_whole_job(local_aws, tmp_path):
+    """Where the service is open, strangers behind one address share jobs: the 504 hands out the
+    image's own route (readable with the key that sent it, when keys are on)."""
+    settings = send_from_this_process(make_settings(local_aws, tmp_path, api_keys=f"other, {KEY}", result_timeout=3))
+    app = create_app(settings).test_client()
+    response = app.post("/classify", data={"myfile": (io.BytesIO(jpeg()), "late.jpg")}, headers=bearer())
+    assert response.status_code == 504 and "stays queued" in response.get_data(as_text=True)
+    [url] = re.findall(r"/api/jobs/[0-9a-f]{32}/images/[0-9a-f]{32}", response.get_data(as_text=True))
+    image = app.get(url, headers=bearer()).get_json()
+    assert image["name"] == "late.jpg" and image["status"] == "queued" and url.endswith(image["id"])
+    assert app.get(url, headers=bearer("other")).status_code == 404
 
 
 def test_a_cross_site_form_post_cannot_spend_compute(keyed):

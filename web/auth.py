@@ -8,6 +8,7 @@ the timeline's page) and /healthz stay open: they show nothing and classify noth
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 
@@ -71,6 +72,25 @@ def check_key() -> Response | None:
 def client_id() -> str:
     """Who is calling: the API key, or the client's address where the service is open."""
     return getattr(g, "api_key", None) or f"address:{request.remote_addr}"
+
+
+def owner() -> str:
+    """Who owns the jobs this request creates, and may read them: the sha256 of its API key (a
+    manifest in the bucket never holds a key); "" where the service is open."""
+    key = getattr(g, "api_key", None)
+    return hashlib.sha256(key.encode()).hexdigest() if key else ""
+
+
+def admit() -> None:
+    """Before a request's body is read: a caller whose bucket cannot hold even one image is refused
+    (429) at once, so that a caller over its limit never gets its upload parsed and spooled to disk.
+    (The key check, a before_request hook, comes earlier still.)"""
+    limiter = current_app.extensions.get("daas_rate_limiter")
+    if limiter is None:
+        return
+    wait = limiter.wait(client_id(), 1)
+    if wait:
+        raise RateLimited(wait, limiter.per_minute, 1)
 
 
 def spend(images: int) -> None:

@@ -63,7 +63,7 @@ def healthz():
 @bp.post("/api/jobs")
 def create_job():
     try:
-        job = jobs.submit(settings(), read_uploads("images"))
+        job = jobs.submit(settings(), read_uploads("images"), auth.owner())
     except jobs.Rejected as exc:
         return json_error(str(exc), exc.status)
     response = jsonify(job)
@@ -73,10 +73,30 @@ def create_job():
 
 @bp.get("/api/jobs/<job_id>")
 def get_job(job_id: str):
-    job = jobs.status(settings(), job_id)
+    """A job, for the API key that created it; to every other caller, as if there were none."""
+    job = jobs.status(settings(), job_id, auth.owner())
     if job is None:
-        return json_error(f"no job with id {job_id!r}", 404)
+        return no_job(job_id)
     return jsonify(job)
+
+
+@bp.get("/api/jobs/<job_id>/images/<image_id>")
+def get_image(job_id: str, image_id: str):
+    """One image of a job: where a /classify that timed out sends its client. Where the service is
+    open, the requests of one address share jobs (daas.coalesce): strangers behind one NAT would
+    see each other's images in the whole job."""
+    job = jobs.status(settings(), job_id, auth.owner())
+    if job is None:
+        return no_job(job_id)
+    image = next((image for image in job["images"] if image["id"] == image_id), None)
+    if image is None:
+        return json_error(f"no image with id {image_id!r} in job {job_id!r}", 404)
+    return jsonify(image)
+
+
+def no_job(job_id: str):
+    """An unknown job and another key's job get the same answer: nothing tells them apart."""
+    return json_error(f"no job with id {job_id!r}", 404)
 
 
 @bp.post("/classify")
@@ -87,13 +107,14 @@ def classify_sync():
     if len(uploads) != 1:
         return text("send exactly one file in the form field 'myfile'", 400)
     try:
-        job_id, image, result = jobs.classify_one(settings(), uploads[0], auth.client_id())
+        job_id, image, result = jobs.classify_one(settings(), uploads[0], auth.client_id(), auth.owner())
     except jobs.Rejected as exc:
         return text(f"{jobs.display_name(uploads[0].name)}: {exc}", exc.status)
     stem = PurePath(image["name"]).stem
     if result is None:
+        where = url_for("service.get_image", job_id=job_id, image_id=image["id"])
         return text(f"{stem}: no result within {settings().result_timeout:.0f} s; the image stays queued "
-                    f"and its result will appear at /api/jobs/{job_id} (image {image['id']})", 504)
+                    f"and its result will appear at {where}", 504)
     if result["status"] == "error":
         return text(f"{stem}: {result['error']}", 422)
     return text(f"{stem}:{result['label']}", 200)
