@@ -101,10 +101,16 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings, _ = flower_credentials(config.load())  # the status panel reads Flower's task counts
     aws.ROLE = "web"
     limit_malloc_arenas()
-    serve(create_app(settings), settings.host, settings.web_port, workers=settings.web_workers,
-          threads=settings.web_threads, timeout=settings.web_timeout, name="daas-web",
+    serve(create_app(settings), settings.host, settings.web_port, **web_serving(settings),
           warm_up=lambda: warm_up(settings))
     return 0
+
+
+def web_serving(settings: config.Settings) -> dict:
+    """The web tier's gunicorn settings (keyword arguments of daas.serving.serve). On SIGTERM its
+    requests get until web_graceful_timeout, so a waiting /classify still answers (issue 16)."""
+    return {"workers": settings.web_workers, "threads": settings.web_threads, "timeout": settings.web_timeout,
+            "graceful_timeout": settings.web_graceful_timeout, "name": "daas-web"}
 
 
 def cmd_controller(_args: argparse.Namespace) -> int:
@@ -153,13 +159,17 @@ def _image_files(paths: list[str]) -> list[Path]:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """Send files through the service's API and print (or write) their labels."""
-    from daas.client import ServiceClient
+    from daas.client import ServiceClient, ServiceError
 
     files = _image_files(args.paths)
     if not files:
         print("no image files found", file=sys.stderr)
         return 2
-    results = ServiceClient(args.url).classify_files(files, batch=args.batch, timeout=args.timeout)
+    try:
+        results = ServiceClient(args.url, key=args.key).classify_files(files, batch=args.batch,
+                                                                       timeout=args.timeout)
+    except ServiceError as exc:  # a missing or wrong key, a refused upload: one line, no traceback
+        raise SystemExit(str(exc)) from None
     failed = 0
     for result in results:
         if result["status"] == "done":
@@ -220,6 +230,9 @@ def parser() -> argparse.ArgumentParser:
     classify = sub.add_parser("classify", help="classify image files or folders through the service")
     classify.add_argument("paths", nargs="+")
     classify.add_argument("--url", default=f"http://{settings.host}:{settings.web_port}")
+    # The variable is the better way: `ps` shows every process's arguments to every user.
+    classify.add_argument("--key", default=settings.api_key,
+                          help="API key, for a service with DAAS_API_KEYS (default: $DAAS_API_KEY)")
     classify.add_argument("--csv", help="also write the results to this CSV file")
     classify.add_argument("--batch", type=int, default=50, help="images per upload request")
     classify.add_argument("--timeout", type=float, default=600, help="seconds to wait for all labels")

@@ -9,23 +9,44 @@ import requests
 from tqdm import tqdm
 
 
+class ServiceError(RuntimeError):
+    """The service refused a request; the message is one line, written for the person at the CLI."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class ServiceClient:
-    def __init__(self, url: str):
+    def __init__(self, url: str, key: str = ""):
         self.url = url.rstrip("/")
+        self.key = key.strip()
         self.http = requests.Session()
+        if self.key:  # a service with DAAS_API_KEYS answers 401 to every upload and job request without it
+            self.http.headers["Authorization"] = f"Bearer {self.key}"
 
     def submit(self, files: list[tuple[str, bytes]]) -> dict:
         parts = [("images", (name, data, mimetypes.guess_type(name)[0] or "application/octet-stream"))
                  for name, data in files]
         response = self.http.post(f"{self.url}/api/jobs", files=parts, timeout=300)
-        if response.status_code != 202:
-            raise RuntimeError(f"upload rejected ({response.status_code}): {response.json().get('error')}")
+        self._check(response, 202, "upload rejected")
         return response.json()
 
     def job(self, job_id: str) -> dict:
         response = self.http.get(f"{self.url}/api/jobs/{job_id}", timeout=60)
-        response.raise_for_status()
+        self._check(response, 200, f"job {job_id} unavailable")
         return response.json()
+
+    def _check(self, response: requests.Response, expected: int, what: str) -> None:
+        if response.status_code == expected:
+            return
+        if response.status_code == 401:
+            raise ServiceError(unauthorized_message(bool(self.key), self.url), 401)
+        try:
+            reason = response.json().get("error")
+        except ValueError:  # not our JSON: a proxy's error page, say
+            reason = response.reason
+        raise ServiceError(f"{what} ({response.status_code}): {reason}", response.status_code)
 
     def classify_files(self, paths: list[Path], batch: int = 50, timeout: float = 600) -> list[dict]:
         """Upload in batches, then follow every job to the end with a progress bar."""
@@ -48,3 +69,12 @@ class ServiceClient:
                 if len(finished) < len(jobs):
                     time.sleep(0.25)
         return [image for job_id in jobs for image in (finished.get(job_id) or self.job(job_id))["images"]]
+
+
+def unauthorized_message(key_sent: bool, url: str) -> str:
+    """What to do about a 401: the service wants a key, and none or a wrong one was sent."""
+    if key_sent:
+        return (f"{url} refused the API key (401): check the key in DAAS_API_KEY or --key "
+                "against the service's DAAS_API_KEYS")
+    return (f"{url} needs an API key (401): set the environment variable DAAS_API_KEY "
+            "(or pass --key KEY)")

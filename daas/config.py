@@ -40,6 +40,7 @@ class Settings:
     web_threads: int = 64
     web_timeout: float = 30.0
     api_keys: str = ""       # comma-separated; empty: the upload, job and ops routes are open
+    api_key: str = ""        # the key `python -m daas classify` sends (a client's setting, not the service's)
     rate_limit: int = 0      # images per minute per API key (per client address when open); 0: none
     trusted_proxies: int = 0  # proxies in front of the web tier whose X-Forwarded-* headers to trust
     state_dir: Path = Path(".daas")

@@ -3,7 +3,9 @@
 One bucket per client (an API key, or the client's address when the service is open), holding at
 most a minute's worth of images and refilled continuously. The buckets live in a SQLite file in
 the state folder, so that every web process of the host (gunicorn runs several) spends from the
-same one; each check is one short transaction.
+same one; each check is one short transaction. A full bucket is the same as no bucket, so rows
+that have refilled completely are deleted (at most every PRUNE_EVERY seconds per process): the
+file holds the clients of the last minute or so, not every client ever seen.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+
+PRUNE_EVERY = 60.0  # seconds between deletions of full buckets, per process: one table scan a minute
 
 
 def refill(tokens: float, at: float, now: float, per_minute: int) -> float:
@@ -32,6 +36,7 @@ def decide(tokens: float, images: int, per_minute: int) -> tuple[float, float]:
 class RateLimiter:
     def __init__(self, path: Path, per_minute: int):
         self.path, self.per_minute, self.local = path, per_minute, threading.local()
+        self.pruned_at = -math.inf
 
     def _db(self) -> sqlite3.Connection:
         if getattr(self.local, "db", None) is None:
@@ -46,16 +51,37 @@ class RateLimiter:
         """Spend `images` from the client's bucket: 0 if allowed, else the seconds until they fit
         (math.inf if they never do)."""
         now = time.time() if now is None else now
-        name = hashlib.sha256(client.encode()).hexdigest()[:32]  # keys are never stored
+        name = _name(client)
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT tokens, at FROM buckets WHERE client = ?", (name,)).fetchone()
-            tokens = refill(*row, now, self.per_minute) if row else float(self.per_minute)
-            tokens, wait = decide(tokens, images, self.per_minute)
+            tokens, wait = decide(self._tokens(db, name, now), images, self.per_minute)
             db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)", (name, tokens, now))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if now - self.pruned_at >= PRUNE_EVERY:
+            self.prune(now)
         return wait
+
+    def wait(self, client: str, images: int = 1, now: float | None = None) -> float:
+        """Seconds until `images` would fit in the client's bucket (0: now), spending nothing: the web
+        tier asks this before it reads an upload, so a caller over its limit costs no disk."""
+        now = time.time() if now is None else now
+        return decide(self._tokens(self._db(), _name(client), now), images, self.per_minute)[1]
+
+    def prune(self, now: float) -> int:
+        """Delete the buckets that have refilled completely (no row means a full bucket); returns
+        how many. Cost: one scan of the table, which holds the clients of about the last minute."""
+        self.pruned_at = now
+        return self._db().execute("DELETE FROM buckets WHERE tokens + (? - at) * ? / 60.0 >= ?",
+                                  (now, self.per_minute, self.per_minute)).rowcount
+
+    def _tokens(self, db: sqlite3.Connection, name: str, now: float) -> float:
+        row = db.execute("SELECT tokens, at FROM buckets WHERE client = ?", (name,)).fetchone()
+        return refill(*row, now, self.per_minute) if row else float(self.per_minute)
+
+
+def _name(client: str) -> str:
+    return hashlib.sha256(client.encode()).hexdigest()[:32]  # keys are never stored

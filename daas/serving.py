@@ -9,6 +9,7 @@ no limit of their own; 100 stalled uploads held 103 threads of the old developme
 from __future__ import annotations
 
 import ctypes
+import math
 from typing import Callable
 
 from gunicorn.app.base import BaseApplication
@@ -62,13 +63,13 @@ class _Server(BaseApplication):
         return self.app
 
 
-def serve(app: Callable, host: str, port: int, *, workers: int, threads: int, timeout: float,
-          name: str, access_log_format: str = ACCESS_LOG_FORMAT, warm_up: Callable | None = None) -> None:
-    """Serve `app` on host:port until stopped (SIGTERM: graceful; SIGINT: at once). `warm_up`
-    runs in each worker process before it takes requests."""
-    options = {
+def gunicorn_options(host: str, port: int, *, workers: int, threads: int, timeout: float,
+                     graceful_timeout: float, name: str, access_log_format: str = ACCESS_LOG_FORMAT) -> dict:
+    """gunicorn's settings for `serve`. `graceful_timeout`: seconds a stopping worker process gets
+    to finish the requests in hand before it is killed (the web tier's are waiting /classify)."""
+    return {
         "bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
-        "timeout": max(30, int(timeout)), "graceful_timeout": 30, "keepalive": 5,
+        "timeout": max(30, int(timeout)), "graceful_timeout": math.ceil(graceful_timeout), "keepalive": 5,
         "accesslog": "-", "errorlog": "-", "access_log_format": access_log_format,
         "proc_name": name, "loglevel": "info",
         # A restarted server binds at once, even while the worker processes of a killed one still
@@ -77,6 +78,16 @@ def serve(app: Callable, host: str, port: int, *, workers: int, threads: int, ti
         # gunicorn's runtime control socket sits at one path per user: several servers would clash.
         "control_socket_disable": True,
     }
+
+
+def serve(app: Callable, host: str, port: int, *, workers: int, threads: int, timeout: float,
+          name: str, graceful_timeout: float = 30.0, access_log_format: str = ACCESS_LOG_FORMAT,
+          warm_up: Callable | None = None) -> None:
+    """Serve `app` on host:port until stopped (SIGTERM: graceful, up to `graceful_timeout` s;
+    SIGINT: at once). `warm_up` runs in each worker process before it takes requests."""
+    options = gunicorn_options(host, port, workers=workers, threads=threads, timeout=timeout,
+                               graceful_timeout=graceful_timeout, name=name,
+                               access_log_format=access_log_format)
     if warm_up:
         options["post_worker_init"] = lambda worker: warm_up()
     _Server(read_timeout(app, timeout), options).run()

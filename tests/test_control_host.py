@@ -73,3 +73,18 @@ def test_systemd_analyze_verifies_the_unit(tmp_path, name):
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / name)], capture_output=True, text=True)
     ours = [line for line in done.stderr.splitlines() if name in line and "daas.target" not in line]
     assert not ours, done.stderr
+
+
+def test_systemd_waits_longer_than_the_web_tier_lets_its_waiting_requests_finish():
+    """On stop, gunicorn gives a waiting POST /classify until its result timeout (plus a margin) to
+    answer; systemd must not SIGKILL the web tier before that (issue 16: gunicorn allowed 30 s)."""
+    from daas import serving
+
+    defaults = config.Settings()
+    graceful = serving.gunicorn_options(defaults.host, defaults.web_port,
+                                        **cli.web_serving(defaults))["graceful_timeout"]
+    assert defaults.result_timeout < graceful < int(unit("daas-web.service")["Service"]["TimeoutStopSec"])
+    # The web tier's options follow the settings: a longer result timeout, a longer graceful stop.
+    slow = config.load({"DAAS_RESULT_TIMEOUT": "120"})
+    assert cli.web_serving(slow)["graceful_timeout"] == 120 + config.GRACEFUL_MARGIN
+    assert serving.gunicorn_options("h", 1, **cli.web_serving(slow))["graceful_timeout"] == 130

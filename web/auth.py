@@ -2,9 +2,11 @@
 
 With keys set, every upload, job and ops route wants `Authorization: Bearer <key>`; no key or a
 wrong one gets 401 with a message. The upload form asks for the key once and keeps it in the
-browser (localStorage), sending it as that header. A cross-site form post cannot set the header
-(and no CORS header allows a script to), so it cannot spend compute. Pages themselves (the form,
-the timeline's page) and /healthz stay open: they show nothing and classify nothing.
+browser (localStorage), sending it as that header; the Content-Security-Policy of every response
+(web/__init__.py) lets no script but ours run on the page. A cross-site form post cannot set the
+header (and no CORS header allows a script to), so it cannot spend compute. The key check and the
+rate limit's first check (`admit`) both answer before a request's body is read. Pages themselves
+(the form, the timeline's page) and /healthz stay open: they show nothing and classify nothing.
 """
 from __future__ import annotations
 

@@ -19,7 +19,9 @@ def settings() -> Settings:
 
 def read_uploads(field: str) -> list[jobs.Upload]:
     """The request's files, counted against the caller's rate limit. Werkzeug's form parser spools
-    a large request to temporary files; each is streamed on to S3 from there."""
+    a large request to temporary files; each is streamed on to S3 from there. A caller already over
+    its limit is refused before the parser reads a byte."""
+    auth.admit()
     uploads = [jobs.Upload(f.filename or "", f.stream) for f in request.files.getlist(field)]
     auth.spend(len(uploads))
     return uploads
@@ -49,13 +51,19 @@ def healthz():
         return json_error(f"unhealthy: {stalled[1]}", 503)
     if time.monotonic() < _healthy_until:
         return jsonify(ok=True)
-    try:
-        s3 = aws.client("s3", cfg)
-        for bucket in (cfg.input_bucket, cfg.output_bucket):
-            s3.head_bucket(Bucket=bucket)
-        aws.queue_url(cfg, cfg.queue)
-    except Exception as exc:  # any failure means: not ready to take work
-        return json_error(f"not ready: {exc}", 503)
+    checks = {
+        "the input bucket does not answer": lambda: aws.client("s3", cfg).head_bucket(Bucket=cfg.input_bucket),
+        "the output bucket does not answer": lambda: aws.client("s3", cfg).head_bucket(Bucket=cfg.output_bucket),
+        "the classify queue does not answer": lambda: aws.queue_url(cfg, cfg.queue),
+    }
+    for cause, check in checks.items():
+        try:
+            check()
+        except Exception as exc:  # any failure means: not ready to take work
+            # The route is open and AWS's messages carry account ids, ARNs and bucket names: the
+            # caller gets the cause in plain words, the log gets the details.
+            current_app.logger.warning("/healthz: %s: %s", cause, exc)
+            return json_error(f"not ready: {cause}", 503)
     _healthy_until = time.monotonic() + 10
     return jsonify(ok=True)
 
