@@ -35,6 +35,7 @@ from daas import leases
 
 log = logging.getLogger(__name__)
 _channels: "weakref.WeakSet[Channel]" = weakref.WeakSet()
+_channels_lock = threading.Lock()  # channels are opened on several threads (Flower: its API's inspect calls)
 _last_poll: dict[str, float] = {}  # queue name -> monotonic time its latest ReceiveMessage completed
 
 
@@ -53,7 +54,8 @@ class Channel(SQS.Channel):
         self._auto_delete_queues: set[str] = set()
         self._drain_timeout: float | None = None
         super().__init__(*args, **kwargs)
-        _channels.add(self)
+        with _channels_lock:
+            _channels.add(self)
 
     def exchange_declare(self, exchange=None, type="direct", *args, **kwargs):
         if type == "topic" and exchange in self.transport_options.get("fanout_topic_exchanges", ()):
@@ -162,14 +164,31 @@ class _Renewer(threading.Thread):
     def run(self) -> None:
         while True:
             time.sleep(self.interval)
-            for channel in list(_channels):
-                channel.renew_leases()
+            renew_all()
+
+
+def open_channels() -> list[Channel]:
+    """A snapshot of this process's open channels. Iterating the set while another thread opens a
+    channel raises "Set changed size during iteration", which would end the renewer thread: the
+    most likely reason why, once in a 30-minute soak, Flower's live event queue lost its lease and
+    was swept (Flower opens channels on its API's threads too; the run's logs were not kept)."""
+    with _channels_lock:
+        return list(_channels)
+
+
+def renew_all() -> None:
+    """One round of lease renewals; nothing that goes wrong in it ends the renewer."""
+    for channel in open_channels():
+        try:
+            channel.renew_leases()
+        except Exception as exc:  # the next round tries again (five may fail in a row)
+            log.warning("could not renew the leases of a channel: %r", exc)
 
 
 @atexit.register
 def _delete_auto_queues_at_exit() -> None:
     # Flower's event thread is a daemon and never closes its channel.
-    for channel in list(_channels):
+    for channel in open_channels():
         channel.delete_auto_queues()
 
 

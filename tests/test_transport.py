@@ -49,3 +49,46 @@ def test_a_failing_completion_does_not_drop_the_requests_that_finished_with_it(l
     assert "the requests that completed with it go on" in caplog.text
     client.close()
     hub.close()
+
+
+class _Renews:
+    def __init__(self, fails: bool = False):
+        self.fails, self.rounds = fails, 0
+
+    def renew_leases(self) -> None:
+        self.rounds += 1
+        if self.fails:
+            raise ConnectionError("the endpoint did not answer")
+
+
+def test_a_renewal_round_survives_a_failing_channel_and_channels_opened_meanwhile():
+    """The lease renewer (one thread per process) must never end: a channel that fails to renew,
+    or channels opened on other threads during a round, cost that round at most."""
+    import threading
+
+    from daas import transport
+
+    failing, working = _Renews(fails=True), _Renews()
+    opened, stop = [], threading.Event()
+
+    def open_channels_meanwhile():
+        while not stop.is_set():
+            channel = _Renews()
+            opened.append(channel)
+            with transport._channels_lock:
+                transport._channels.add(channel)
+
+    with transport._channels_lock:
+        transport._channels.update([failing, working])
+    opener = threading.Thread(target=open_channels_meanwhile)
+    opener.start()
+    try:
+        for _ in range(200):
+            transport.renew_all()
+    finally:
+        stop.set()
+        opener.join()
+        with transport._channels_lock:
+            for channel in [failing, working, *opened]:
+                transport._channels.discard(channel)
+    assert failing.rounds == working.rounds == 200
