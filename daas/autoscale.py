@@ -7,6 +7,7 @@ the housekeeping task (daas.tasks.housekeeping), not here.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 import time
@@ -17,6 +18,8 @@ from daas import aws, config, health, timeline
 from daas.celery_app import app
 from daas.providers import Provider, make_provider
 from daas.watchdog import notify
+
+log = logging.getLogger(__name__)
 
 
 def launches(visible: int, in_flight: int, running: int, starting: int, *,
@@ -62,13 +65,37 @@ def _scale() -> int:
     depth, counts = status["queue"], status["workers"]
     count = launches(depth["visible"], depth["in_flight"], counts["running"], counts["starting"],
                      target=settings.scale_target, minimum=settings.scale_min, maximum=settings.scale_max)
-    if count:
-        workers.launch(count)
+    launched, refused = _launch(workers, count, settings.scale_interval)
     now = time.time()
-    health.record(settings.state_dir, health.TICK, {"t": now, "interval": settings.scale_interval,
-                                                    **status, "launched": count})
-    timeline.append(settings.state_dir, {"t": now, **depth, **counts, "launched": count})
-    return count
+    health.record(settings, health.TICK, {"t": now, "interval": settings.scale_interval, **status,
+                                          "launched": launched, "refused": refused})
+    timeline.append(settings.state_dir, {"t": now, **depth, **counts, "launched": launched})
+    return launched
+
+
+# After EC2 refuses a launch (no capacity, a vCPU quota, throttling) the next tries wait longer and
+# longer, up to this many seconds, and the refusal is in every tick meanwhile: a tick is recorded
+# whatever happens (issue 17: an unrecorded tick made /healthz take the only web host out).
+MAX_LAUNCH_BACKOFF = 300.0
+_refusals = {"count": 0, "retry_at": 0.0, "reason": ""}
+
+
+def _launch(workers: Provider, count: int, interval: float) -> tuple[int, str]:
+    """(workers launched, why EC2 refused: empty when it did not)."""
+    if not count:
+        return 0, ""
+    if time.time() < _refusals["retry_at"]:
+        return 0, _refusals["reason"]
+    try:
+        workers.launch(count)
+    except Exception as exc:  # a refused launch: recorded, retried later, never fatal to the tick
+        _refusals["count"] += 1
+        delay = min(MAX_LAUNCH_BACKOFF, interval * 2 ** _refusals["count"])
+        _refusals.update(retry_at=time.time() + delay, reason=f"{type(exc).__name__}: {exc}"[:500])
+        log.warning("could not launch %d workers (next try in %.0f s): %s", count, delay, _refusals["reason"])
+        return 0, _refusals["reason"]
+    _refusals.update(count=0, retry_at=0.0, reason="")
+    return count, ""
 
 
 class BeatScheduler(PersistentScheduler):
@@ -76,11 +103,11 @@ class BeatScheduler(PersistentScheduler):
     systemd's watchdog: a beat that stops sending ticks is noticed as such, not blamed on the
     controller."""
 
-    state_dir = None
+    settings = None
 
     def tick(self, *args, **kwargs):
         delay = super().tick(*args, **kwargs)
-        self.state_dir = self.state_dir or config.load().state_dir
-        health.record(self.state_dir, health.BEAT, {"t": time.time()})
+        self.settings = self.settings or config.load()
+        health.record(self.settings, health.BEAT, {"t": time.time()})
         notify("WATCHDOG=1")
         return delay

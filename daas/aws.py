@@ -62,6 +62,31 @@ def duty_client(service: str, settings: Settings, every: float):
     return _duty_client(service, settings.aws_endpoint, settings.region, ROLE, duty_timeout(every))
 
 
+def partition(region: str) -> str:
+    """The ARN partition of a region (aws, aws-cn, aws-us-gov)."""
+    return "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+
+
+@functools.lru_cache(maxsize=None)
+def _caller_account(endpoint: str, region: str) -> str:
+    return _client("sts", endpoint, region, ROLE).get_caller_identity()["Account"]
+
+
+def account_id(settings: Settings) -> str:
+    """The stack's account: DAAS_ACCOUNT_ID (set on a deployed stack's hosts), else asked of STS
+    once per process (GetCallerIdentity needs no permission)."""
+    return settings.account_id or _caller_account(settings.aws_endpoint, settings.region)
+
+
+def topic_names(settings: Settings) -> list[str]:
+    """The SNS topics of the stack's events and remote control (see daas.broker.fanout_topics)."""
+    return [f"{settings.stack}-events", f"{settings.stack}-pidbox"]
+
+
+def topic_arn(settings: Settings, name: str) -> str:
+    return f"arn:{partition(settings.region)}:sns:{settings.region}:{account_id(settings)}:{name}"
+
+
 def queue_url(settings: Settings, name: str) -> str:
     return client("sqs", settings).get_queue_url(QueueName=name)["QueueUrl"]
 
@@ -77,7 +102,9 @@ def queue_depth(settings: Settings) -> dict[str, int]:
 
 
 def ensure_resources(settings: Settings) -> None:
-    """Create the buckets and queues if they are missing (idempotent; `python -m daas init`)."""
+    """Create the buckets, queues and topics if they are missing (idempotent; `python -m daas init`).
+    A deployed stack has them from CloudFormation (daas/cloudformation.yaml), with the same names
+    and attributes; its processes create none."""
     s3 = client("s3", settings)
     for bucket in (settings.input_bucket, settings.output_bucket):
         kwargs = {} if settings.region == "us-east-1" else {
@@ -98,6 +125,27 @@ def ensure_resources(settings: Settings) -> None:
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.max_receives}),
     })
     _queue(settings, settings.control_queue, {"VisibilityTimeout": "60", "ReceiveMessageWaitTimeSeconds": "20"})
+    # Events and remote control fan out through these. They exist before any process starts, so
+    # that no process creates or tags a topic (AWS limits tagging calls to 10 a second per account:
+    # a fleet booting at once would be throttled), see daas.broker.transport_options.
+    sns = client("sns", settings)
+    for name in topic_names(settings):
+        sns.create_topic(Name=name)  # idempotent: an existing topic's ARN
+    _rate_limit_table(settings)
+
+
+def _rate_limit_table(settings: Settings) -> None:
+    """The rate limit's buckets (daas.ratelimit): on demand, full buckets deleted by TTL."""
+    dynamodb = client("dynamodb", settings)
+    try:
+        dynamodb.create_table(TableName=settings.rate_limit_table, BillingMode="PAY_PER_REQUEST",
+                              AttributeDefinitions=[{"AttributeName": "client", "AttributeType": "S"}],
+                              KeySchema=[{"AttributeName": "client", "KeyType": "HASH"}])
+    except dynamodb.exceptions.ResourceInUseException:
+        return
+    dynamodb.get_waiter("table_exists").wait(TableName=settings.rate_limit_table)
+    dynamodb.update_time_to_live(TableName=settings.rate_limit_table,
+                                 TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires"})
 
 
 def _queue(settings: Settings, name: str, attributes: dict[str, str]) -> str:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from kombu.transport.SQS import CHARS_REPLACE_TABLE
 from kombu.utils.url import safequote
 
-from daas import leases
+from daas import aws, leases
 from daas.config import Settings
 
 LOCAL_CREDENTIALS = ("testing", "testing")  # the local endpoint accepts any credentials
@@ -44,6 +44,13 @@ def pidbox_queue(settings: Settings, node: str) -> str:
     return f"{node}.{control_exchange(settings)}.pidbox".translate(CHARS_REPLACE_TABLE)
 
 
+def fanout_topics(settings: Settings) -> dict[str, str]:
+    """{exchange: SNS topic name} of the exchanges that fan out: Celery's events and its remote
+    control (pidbox). The topics are the stack's (daas.aws.ensure_resources, or CloudFormation)."""
+    events, control = aws.topic_names(settings)
+    return {event_exchange(settings): events, f"{control_exchange(settings)}.pidbox": control}
+
+
 def transport_options(settings: Settings) -> dict:
     return {
         "supports_fanout": True,
@@ -61,4 +68,8 @@ def transport_options(settings: Settings) -> dict:
         # is tagged with its stack at creation; housekeeping sweeps only its own (daas.leases).
         "queue_tags": {leases.STACK_TAG: settings.stack},
         "daas_lease_interval": settings.queue_lease_interval,  # read by daas.transport, not kombu
+        # kombu's predefined_exchanges, made by daas.transport when a channel first needs them (their
+        # ARNs need the account, which may take an STS call): with them kombu never creates a topic.
+        "daas_topics": fanout_topics(settings),
+        "daas_account": settings.account_id,
     }

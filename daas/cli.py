@@ -33,7 +33,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.start_controller()
         web_url = stack.start_web()
         flower_url = stack.start_flower()
-        wait_for_http(f"{web_url}/healthz", 120, ok_only=True)  # the autoscaler's first tick
+        wait_for_http(f"{web_url}/healthz", 120, ok_only=True)
+        wait_for_first_tick(stack.settings, 120)
         supervisor = Supervisor(stack, {"web": f"{web_url}/healthz", "flower": f"{flower_url}/healthcheck"})
         print(f"daas is up (provider: {settings.provider}; logs in {settings.state_dir / 'logs'})\n"
               f"  upload form  {web_url}/\n"
@@ -56,6 +57,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.stop()
 
 
+def wait_for_first_tick(settings: config.Settings, timeout: float) -> None:
+    """Until the autoscaler's first decision is recorded: the stack then takes work end to end."""
+    from daas import health
+
+    deadline = time.monotonic() + timeout
+    while health.read(settings, health.TICK) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the autoscaler recorded no decision within {timeout:.0f} s (see the controller's log)")
+        time.sleep(0.5)
+
+
 def flower_credentials(settings: config.Settings) -> tuple[config.Settings, str]:
     """Flower's user and password, and where the password is to be read (never printed): from
     DAAS_FLOWER_PASSWORD, or generated once and kept in the state folder (mode 0600)."""
@@ -75,7 +87,9 @@ def flower_credentials(settings: config.Settings) -> tuple[config.Settings, str]
 def cmd_flower(_args: argparse.Namespace) -> int:
     """Flower behind basic auth. The credentials reach it in its environment (Flower reads
     FLOWER_<option> variables), never on a command line that `ps` shows."""
-    settings, _ = flower_credentials(config.load())
+    from daas.parameters import with_secrets
+
+    settings, _ = flower_credentials(with_secrets(config.load()))
     os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password}"
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "daas.celery_app", "flower",
                               f"--address={settings.host}", f"--port={settings.flower_port}",
@@ -89,16 +103,19 @@ def cmd_init(_args: argparse.Namespace) -> int:
     settings = config.load()
     aws.ensure_resources(settings)
     print(f"ready: buckets {settings.input_bucket}, {settings.output_bucket}; "
-          f"queues {settings.queue} (+ {settings.dead_letter_queue}), {settings.control_queue}")
+          f"queues {settings.queue} (+ {settings.dead_letter_queue}), {settings.control_queue}; "
+          f"topics {', '.join(aws.topic_names(settings))}; table {settings.rate_limit_table}")
     return 0
 
 
 def cmd_web(args: argparse.Namespace) -> int:
     from daas import aws
+    from daas.parameters import with_secrets
     from daas.serving import limit_malloc_arenas, serve
     from web import create_app, warm_up
 
-    settings, _ = flower_credentials(config.load())  # the status panel reads Flower's task counts
+    # The status panel reads Flower's task counts, with Flower's password.
+    settings, _ = flower_credentials(with_secrets(config.load()))
     aws.ROLE = "web"
     limit_malloc_arenas()
     serve(create_app(settings), settings.host, settings.web_port, **web_serving(settings),
@@ -202,6 +219,19 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Create or update the stack on AWS (or DAAS_AWS_ENDPOINT); --check only says what would fail."""
+    from daas import deploy
+
+    return deploy.command_deploy(args, config.load())
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from daas import deploy
+
+    return deploy.command_destroy(args, config.load())
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from daas import bench
 
@@ -218,7 +248,8 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole stack on this machine")
     up.add_argument("--aws", action="store_true", help="use real AWS instead of a local endpoint")
     up.set_defaults(func=cmd_up)
-    sub.add_parser("init", help="create the buckets and queues").set_defaults(func=cmd_init)
+    sub.add_parser("init", help="create the buckets, queues, topics and table (without `deploy`)").set_defaults(
+        func=cmd_init)
     sub.add_parser("web", help="run the web tier").set_defaults(func=cmd_web)
     sub.add_parser("controller", help="run the controller (autoscaler, reaper)").set_defaults(func=cmd_controller)
     sub.add_parser("flower", help="run Flower, the Celery dashboard, behind basic auth").set_defaults(func=cmd_flower)
@@ -242,6 +273,25 @@ def parser() -> argparse.ArgumentParser:
     tl.add_argument("--plot", help="write a PNG plot of queue depth and workers over time")
     tl.add_argument("--last", type=int, default=20)
     tl.set_defaults(func=cmd_timeline)
+
+    dep = sub.add_parser("deploy", help="create or update the service's CloudFormation stack on AWS")
+    dep.add_argument("--stack", help="stack name (default: $DAAS_STACK)")
+    dep.add_argument("--ami", help="the daas AMI (default: $DAAS_EC2_AMI, else the newest tagged daas:role=worker-ami)")
+    dep.add_argument("--region", help="default: $AWS_REGION")
+    dep.add_argument("--subnets", help="comma-separated, two zones or more (default: the default VPC's)")
+    dep.add_argument("--certificate-arn", default="", help="ACM certificate: HTTPS on the load balancer")
+    dep.add_argument("--http", action="store_true", help="serve plain HTTP (no certificate) on purpose")
+    dep.add_argument("--retention-days", type=int, default=30, help="days images and results are kept")
+    dep.add_argument("--web-hosts", type=int, default=2)
+    dep.add_argument("--scale-max", type=int, default=20, help="most worker instances at once")
+    dep.add_argument("--instance-type", default="c7i.large", help="worker instance type")
+    dep.add_argument("--check", action="store_true", help="read-only: say what would make a deploy fail")
+    dep.set_defaults(func=cmd_deploy)
+    destroy = sub.add_parser("destroy", help="delete the stack and everything of it (asks first)")
+    destroy.add_argument("--stack", help="stack name (default: $DAAS_STACK)")
+    destroy.add_argument("--region", help="default: $AWS_REGION")
+    destroy.add_argument("--yes", action="store_true", help="do not ask")
+    destroy.set_defaults(func=cmd_destroy)
 
     bench = sub.add_parser("bench", help="benchmarks (see README)")
     bench.add_argument("which", nargs="?", default="all", choices=["all", "scaling", "soak"])

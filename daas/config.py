@@ -27,6 +27,7 @@ class Settings:
     output_bucket: str = ""  # default: <stack>-output
     queue: str = ""          # default: <stack>-classify (its dead-letter queue: <queue>-dlq)
     control_queue: str = ""  # default: <stack>-control
+    account_id: str = ""     # the stack's AWS account (topic ARNs); default: asked of STS once per process
     # Local stack
     host: str = "127.0.0.1"
     web_port: int = 3000
@@ -41,6 +42,10 @@ class Settings:
     web_timeout: float = 30.0
     api_keys: str = ""       # comma-separated; empty: the upload, job and ops routes are open
     api_key: str = ""        # the key `python -m daas classify` sends (a client's setting, not the service's)
+    # A deployed stack keeps its secrets in SSM Parameter Store (SecureString, made by `daas deploy`):
+    # these name the parameters that the web tier and Flower read at start, in place of the two above.
+    api_keys_parameter: str = ""
+    flower_password_parameter: str = ""
     rate_limit: int = 0      # images per minute per API key (per client address when open); 0: none
     trusted_proxies: int = 0  # proxies in front of the web tier whose X-Forwarded-* headers to trust
     state_dir: Path = Path(".daas")
@@ -109,6 +114,11 @@ class Settings:
     @property
     def dead_letter_queue(self) -> str:
         return f"{self.queue}-dlq"
+
+    @property
+    def rate_limit_table(self) -> str:
+        """The DynamoDB table of the rate limit's buckets (daas.ratelimit), shared by all web hosts."""
+        return f"{self.stack}-ratelimit"
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -1,37 +1,56 @@
 """The control plane's vital signs: the records of the latest autoscaler tick and beat tick.
 
-The controller writes `tick.json` in the state folder at every scaling decision (with what it
-measured: GET /api/status serves it), beat writes `beat.json` whenever it wakes up to send due
-tasks (daas.state: replaced atomically). The web tier, the controller and beat share one
-host and one state folder (`daas up` locally, the control host's systemd units on AWS). From their
-ages `problem` tells whether the autoscaler is working and, if not, whose fault it is: `/healthz`
-answers 503 with that sentence, and `daas up` restarts the process it names.
+The controller records each scaling decision (`tick`, with what it measured: GET /api/status serves
+it), beat records each time it wakes up to send due tasks (`beat`). Both live in the output bucket
+under `control/`, so every web host reads the same records whatever host the controller runs on
+(issue 17: with them on the controller's disk a second web host had none). From their ages
+`problem` tells whether the autoscaler is working and, if not, whose fault it is: GET /api/status
+says so, and `daas up` restarts the process it names. The load balancer's check, /healthz, judges
+only what a web host itself serves: a stalled controller never takes the web tier down.
 """
 from __future__ import annotations
 
+import json
+import logging
 import time
-from pathlib import Path
 
-from daas import state
+from botocore.exceptions import BotoCoreError, ClientError
+
+from daas import aws
 from daas.config import TICKS_MISSED_UNHEALTHY, Settings
 
-TICK, BEAT = "tick.json", "beat.json"
+log = logging.getLogger(__name__)
+TICK, BEAT = "tick", "beat"
+PREFIX = "control/"
 
 
-def record(state_dir: Path, name: str, document: dict) -> None:
-    state.write_json(state_dir / name, document)
+def record(settings: Settings, name: str, document: dict) -> None:
+    """Replace a record (one PUT). One that cannot be written is logged and reads as a late tick."""
+    try:
+        aws.client("s3", settings).put_object(Bucket=settings.output_bucket, Key=f"{PREFIX}{name}.json",
+                                              Body=json.dumps(document).encode(), ContentType="application/json")
+    except (BotoCoreError, ClientError) as exc:
+        log.warning("could not record the %s: %r", name, exc)
 
 
-def read(state_dir: Path, name: str) -> dict | None:
-    return state.read_json(state_dir / name)
+def read(settings: Settings, name: str) -> dict | None:
+    s3 = aws.client("s3", settings)
+    try:
+        return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=f"{PREFIX}{name}.json")["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
 
 
 def problem(settings: Settings, now: float | None = None) -> tuple[str, str] | None:
     """(the process at fault, a sentence for people) when the autoscaler has not ticked for
     TICKS_MISSED_UNHEALTHY intervals; None while it ticks."""
-    now = time.time() if now is None else now
-    limit = TICKS_MISSED_UNHEALTHY * settings.scale_interval
-    tick, beat = read(settings.state_dir, TICK), read(settings.state_dir, BEAT)
+    return diagnose(read(settings, TICK), read(settings, BEAT), settings.scale_interval,
+                    time.time() if now is None else now)
+
+
+def diagnose(tick: dict | None, beat: dict | None, interval: float, now: float) -> tuple[str, str] | None:
+    """`problem`'s rule on the two records (a pure function)."""
+    limit = TICKS_MISSED_UNHEALTHY * interval
     if tick and now - tick["t"] <= limit:
         return None
     since = f"for {now - tick['t']:.0f} s" if tick else "yet"

@@ -212,7 +212,10 @@ class EC2Provider:
                                   {"ResourceType": "volume", "Tags": tags}],
         }
         if s.ec2_launch_template:
+            # A deployed stack's template (daas/cloudformation.yaml): AMI, type, role, security group.
             params["LaunchTemplate"] = {"LaunchTemplateName": s.ec2_launch_template, "Version": "$Latest"}
+            if s.ec2_subnet:
+                params["SubnetId"] = s.ec2_subnet
         else:
             missing = [name for name, value in (("DAAS_EC2_AMI", s.ec2_ami), ("DAAS_EC2_SUBNET", s.ec2_subnet),
                        ("DAAS_EC2_SECURITY_GROUP", s.ec2_security_group),

@@ -1,22 +1,25 @@
 """The rate limit of the web tier (DAAS_RATE_LIMIT images per minute per client): token buckets.
 
 One bucket per client (an API key, or the client's address when the service is open), holding at
-most a minute's worth of images and refilled continuously. The buckets live in a SQLite file in
-the state folder, so that every web process of the host (gunicorn runs several) spends from the
-same one; each check is one short transaction. A full bucket is the same as no bucket, so rows
-that have refilled completely are deleted (at most every PRUNE_EVERY seconds per process): the
-file holds the clients of the last minute or so, not every client ever seen.
+most a minute's worth of images and refilled continuously. The buckets live in a DynamoDB table,
+`<stack>-ratelimit`, so that every web process of every web host spends from the same one (issue 17:
+buckets on each host's disk gave N web hosts N times the limit). A check is a consistent read and,
+when images are allowed, a write conditional on the item's version, which fails if another process
+spent meanwhile (then the check is redone). A full bucket is the same as no bucket, so each item carries the time it is
+full again, and the table's TTL deletes it after that: the table holds the clients of about the
+last minute, not every client ever seen.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-import sqlite3
-import threading
 import time
-from pathlib import Path
 
-PRUNE_EVERY = 60.0  # seconds between deletions of full buckets, per process: one table scan a minute
+from daas import aws
+from daas.config import Settings
+
+ATTEMPTS = 8  # conditional writes lost to other web processes before a request is told to retry
+CONTENDED_WAIT = 1.0  # seconds a request is asked to wait after that (it has spent nothing)
 
 
 def refill(tokens: float, at: float, now: float, per_minute: int) -> float:
@@ -33,54 +36,54 @@ def decide(tokens: float, images: int, per_minute: int) -> tuple[float, float]:
     return tokens, (images - tokens) * 60 / per_minute
 
 
-class RateLimiter:
-    def __init__(self, path: Path, per_minute: int):
-        self.path, self.per_minute, self.local = path, per_minute, threading.local()
-        self.pruned_at = -math.inf
+def full_again(tokens: float, now: float, per_minute: int) -> float:
+    """When a bucket holding `tokens` at `now` is full again: from then on it is as good as gone."""
+    return now + (per_minute - tokens) * 60 / per_minute
 
-    def _db(self) -> sqlite3.Connection:
-        if getattr(self.local, "db", None) is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS buckets (client TEXT PRIMARY KEY, tokens REAL, at REAL)")
-            self.local.db = db
-        return self.local.db
+
+class RateLimiter:
+    def __init__(self, settings: Settings, per_minute: int):
+        self.settings, self.per_minute, self.table = settings, per_minute, settings.rate_limit_table
 
     def take(self, client: str, images: int, now: float | None = None) -> float:
         """Spend `images` from the client's bucket: 0 if allowed, else the seconds until they fit
-        (math.inf if they never do)."""
+        (math.inf if they never do). Nothing is spent unless it returns 0."""
         now = time.time() if now is None else now
-        name = _name(client)
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            tokens, wait = decide(self._tokens(db, name, now), images, self.per_minute)
-            db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)", (name, tokens, now))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        if now - self.pruned_at >= PRUNE_EVERY:
-            self.prune(now)
-        return wait
+        dynamodb, name = aws.client("dynamodb", self.settings), _name(client)
+        for _ in range(ATTEMPTS):
+            item = self._item(name)
+            tokens, wait = decide(self._tokens(item, now), images, self.per_minute)
+            if wait:
+                return wait
+            # Optimistic: the write holds only if no other process wrote since the read (a version
+            # number, not the time: two writes in one clock tick would compare equal).
+            version = int(item["version"]["N"]) if item else 0
+            condition = ({"ConditionExpression": "attribute_not_exists(client)"} if item is None else
+                         {"ConditionExpression": "version = :v", "ExpressionAttributeValues": {":v": item["version"]}})
+            try:
+                dynamodb.put_item(TableName=self.table, Item={
+                    "client": {"S": name}, "tokens": {"N": repr(tokens)}, "at": {"N": repr(now)},
+                    "version": {"N": str(version + 1)},
+                    "expires": {"N": str(math.ceil(full_again(tokens, now, self.per_minute)))}}, **condition)
+                return 0.0
+            except dynamodb.exceptions.ConditionalCheckFailedException:
+                continue  # another web process spent from this bucket meanwhile: look again
+        return CONTENDED_WAIT
 
     def wait(self, client: str, images: int = 1, now: float | None = None) -> float:
         """Seconds until `images` would fit in the client's bucket (0: now), spending nothing: the web
         tier asks this before it reads an upload, so a caller over its limit costs no disk."""
         now = time.time() if now is None else now
-        return decide(self._tokens(self._db(), _name(client), now), images, self.per_minute)[1]
+        return decide(self._tokens(self._item(_name(client)), now), images, self.per_minute)[1]
 
-    def prune(self, now: float) -> int:
-        """Delete the buckets that have refilled completely (no row means a full bucket); returns
-        how many. Cost: one scan of the table, which holds the clients of about the last minute."""
-        self.pruned_at = now
-        return self._db().execute("DELETE FROM buckets WHERE tokens + (? - at) * ? / 60.0 >= ?",
-                                  (now, self.per_minute, self.per_minute)).rowcount
+    def _item(self, name: str) -> dict | None:
+        return aws.client("dynamodb", self.settings).get_item(
+            TableName=self.table, Key={"client": {"S": name}}, ConsistentRead=True).get("Item")
 
-    def _tokens(self, db: sqlite3.Connection, name: str, now: float) -> float:
-        row = db.execute("SELECT tokens, at FROM buckets WHERE client = ?", (name,)).fetchone()
-        return refill(*row, now, self.per_minute) if row else float(self.per_minute)
+    def _tokens(self, item: dict | None, now: float) -> float:
+        if item is None or float(item["expires"]["N"]) <= now:  # none, or full again (TTL is lazy)
+            return float(self.per_minute)
+        return refill(float(item["tokens"]["N"]), float(item["at"]["N"]), now, self.per_minute)
 
 
 def _name(client: str) -> str:

@@ -68,10 +68,13 @@ def _get_json(settings: Settings, key: str) -> dict | list | None:
         return None
 
 
+RESULTS = "results/"  # workers may write only here and their heartbeat records (daas/cloudformation.yaml)
+
+
 def results_key(job_id: str, first_image_id: str) -> str:
     """Where the results of a chunk are stored: under its first image (an image sent alone is its
     own chunk)."""
-    return image_key(job_id, first_image_id)
+    return f"{RESULTS}{image_key(job_id, first_image_id)}"
 
 
 def put_results(settings: Settings, job_id: str, results: list[dict]) -> None:
@@ -95,7 +98,7 @@ def get_manifest(settings: Settings, job_id: str) -> dict | None:
 def finished_keys(settings: Settings, job_id: str) -> set[str]:
     """Keys of the result lists written so far for a job (one listing call per 1000 tasks)."""
     paginator = client("s3", settings).get_paginator("list_objects_v2")
-    return {obj["Key"] for page in paginator.paginate(Bucket=settings.output_bucket, Prefix=f"{job_id}/")
+    return {obj["Key"] for page in paginator.paginate(Bucket=settings.output_bucket, Prefix=f"{RESULTS}{job_id}/")
             for obj in page.get("Contents", [])}
 
 

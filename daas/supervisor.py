@@ -4,7 +4,7 @@ Every half second it restarts a process that exited (a crash loop stops `up`), a
 process that stopped making progress though it is still alive:
 
 - the controller or beat, when the autoscaler has not ticked for 3 intervals (daas.health names
-  which of the two is at fault);
+  which of the two is at fault; checked every PROBE_EVERY seconds: two GETs of the records);
 - the web tier or Flower, when they have not answered an HTTP probe for PROBE_PATIENCE seconds.
 
 Workers are not its children: each one's watchdog ends it when it stalls, and the controller ends
@@ -20,6 +20,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from daas import health
 from daas.stack import Stack
@@ -58,11 +60,11 @@ class Supervisor:
 
     def restart_stalled(self) -> list[str]:
         stalled = []
-        fault = health.problem(self.stack.settings)
-        if fault and fault[0] in self.stack.processes and self.past_grace(fault[0]):
-            stalled.append((fault[0], fault[1]))
         if time.monotonic() >= self.next_probe:
             self.next_probe = time.monotonic() + PROBE_EVERY
+            fault = control_plane_fault(self.stack.settings)
+            if fault and fault[0] in self.stack.processes and self.past_grace(fault[0]):
+                stalled.append((fault[0], fault[1]))
             for name, url in self.probes.items():
                 self.failures[name] = 0 if answers(url) else self.failures[name] + 1
                 if self.failures[name] >= probe_failures(name) and self.past_grace(name):
@@ -84,6 +86,16 @@ class Supervisor:
         process.wait()
         self.failures[name] = 0
         self.started[name] = time.monotonic()
+
+
+def control_plane_fault(settings) -> tuple[str, str] | None:
+    """daas.health's verdict; None while the endpoint holding the records does not answer (the
+    endpoint is a supervised process too: restarting the controller would not help)."""
+    try:
+        return health.problem(settings)
+    except (BotoCoreError, ClientError) as exc:
+        log.warning("could not read the control plane's records: %r", exc)
+        return None
 
 
 def probe_failures(name: str) -> int:

@@ -10,7 +10,7 @@ import time
 
 from botocore.exceptions import ClientError
 
-from daas import config, fleet, leases, replies, results, storage
+from daas import aws, config, fleet, leases, replies, results, storage
 from daas.aws import client, queue_url
 from daas.celery_app import app
 
@@ -189,7 +189,7 @@ def sweep(cfg: config.Settings, expires_after: float | None = None, page_size: i
         except ClientError as exc:
             if not replies.queue_missing(exc):  # gone meanwhile: its process deleted it
                 log.warning("could not sweep queue %s (tried again at the next run): %r", name, exc)
-    for topic_arn in stack_topics(sns, cfg.stack):
+    for topic_arn in (aws.topic_arn(cfg, name) for name in aws.topic_names(cfg)):
         pages = sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
         for subscription in (s for page in pages for s in page["Subscriptions"] if s["Protocol"] == "sqs"):
             try:
@@ -214,11 +214,3 @@ def stack_queue_candidates(sqs, stack: str, page_size: int = 1000):
             name = url.rsplit("/", 1)[1]
             if leases.maybe_per_process(stack, name):
                 yield name, url
-
-
-def stack_topics(sns, stack: str) -> list[str]:
-    """The ARNs of the SNS topics of `stack`'s exchanges (events, remote control and its replies)."""
-    names = {f"{stack}-events", f"{stack}-pidbox", f"reply-{stack}-pidbox"}
-    pages = sns.get_paginator("list_topics").paginate()
-    return [topic["TopicArn"] for page in pages for topic in page["Topics"]
-            if topic["TopicArn"].rsplit(":", 1)[1] in names]

@@ -25,6 +25,7 @@ import os
 import threading
 import time
 import weakref
+from functools import cached_property
 
 from botocore.exceptions import ClientError
 from kombu.asynchronous.http.curl import CurlClient
@@ -32,6 +33,7 @@ from kombu.asynchronous.hub import Hub
 from kombu.transport import SQS
 
 from daas import leases
+from daas.aws import partition
 
 log = logging.getLogger(__name__)
 _channels: "weakref.WeakSet[Channel]" = weakref.WeakSet()
@@ -56,6 +58,19 @@ class Channel(SQS.Channel):
         super().__init__(*args, **kwargs)
         with _channels_lock:
             _channels.add(self)
+
+    @cached_property
+    def predefined_exchanges(self) -> dict:
+        """kombu's predefined exchanges: the stack's own topics (daas.broker.fanout_topics), so that
+        kombu never creates or tags a topic. Made on first use: their ARNs need the account."""
+        topics = self.transport_options.get("daas_topics")
+        if not topics:
+            return super().predefined_exchanges
+        account = self.transport_options.get("daas_account") or self._new_boto_client(
+            service="sts", region=self.region, access_key_id=self.conninfo.userid,
+            secret_access_key=self.conninfo.password).get_caller_identity()["Account"]
+        arn = f"arn:{partition(self.region)}:sns:{self.region}:{account}"
+        return {exchange: {"arn": f"{arn}:{name}"} for exchange, name in topics.items()}
 
     def exchange_declare(self, exchange=None, type="direct", *args, **kwargs):
         if type == "topic" and exchange in self.transport_options.get("fanout_topic_exchanges", ()):

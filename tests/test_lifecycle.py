@@ -9,6 +9,7 @@ import pytest
 from daas import config, fleet, health, lifecycle, timeline, watchdog
 from daas.providers import REMEMBER_LAUNCHES_S, instance_states
 from daas.supervisor import rotate_logs
+from tests.conftest import make_settings
 
 
 # -- the watchdog ----------------------------------------------------------------------------------
@@ -118,15 +119,21 @@ def test_recent_launches_count_until_describe_instances_lists_them():
 
 
 # -- the health check ------------------------------------------------------------------------------
-def test_health_blames_beat_or_the_controller(tmp_path):
-    settings = config.Settings(state_dir=tmp_path, scale_interval=5)
-    now = time.time()
-    assert health.problem(settings, now)[0] == "beat"  # nothing ever ticked
-    health.record(tmp_path, health.BEAT, {"t": now - 1})
-    assert health.problem(settings, now)[0] == "controller"
-    health.record(tmp_path, health.TICK, {"t": now - 14})
-    assert health.problem(settings, now) is None  # 14 s < 3 intervals
-    assert health.problem(settings, now + 2)[0] == "controller"
+def test_health_blames_beat_or_the_controller():
+    now = 1000.0
+    assert health.diagnose(None, None, 5, now)[0] == "beat"  # nothing ever ticked
+    beat = {"t": now - 1}
+    assert health.diagnose(None, beat, 5, now)[0] == "controller"
+    assert health.diagnose({"t": now - 14}, beat, 5, now) is None  # 14 s < 3 intervals
+    assert health.diagnose({"t": now - 14}, beat, 5, now + 2)[0] == "controller"
+
+
+def test_the_control_planes_records_are_shared_through_the_output_bucket(local_aws, tmp_path):
+    settings = make_settings(local_aws, tmp_path, scale_interval=5)
+    assert health.read(settings, health.TICK) is None and health.problem(settings)[0] == "beat"
+    health.record(settings, health.BEAT, {"t": time.time()})
+    health.record(settings, health.TICK, {"t": time.time()})
+    assert health.problem(settings.with_(state_dir=tmp_path / "another-host")) is None
 
 
 # -- what grows forever ----------------------------------------------------------------------------

@@ -110,6 +110,23 @@ def test_launch_template_replaces_image_and_network_settings(ec2_settings, netwo
     assert {"Key": ROLE_TAG, "Value": "worker"} in instance["Tags"]
 
 
+def test_a_refused_launch_is_recorded_and_retried_with_a_growing_backoff(ec2_settings, monkeypatch):
+    """EC2 refusing a launch (here: a launch template that does not exist, refused by the endpoint)
+    never ends the tick unrecorded (issue 17): the refusal is its reason, and the next tries wait."""
+    monkeypatch.setattr(autoscale, "_refusals", {"count": 0, "retry_at": 0.0, "reason": ""})
+    provider = EC2Provider(ec2_settings.with_(ec2_launch_template=f"{ec2_settings.stack}-missing"))
+    launched, refused = autoscale._launch(provider, 2, interval=5)
+    assert launched == 0 and "ClientError" in refused
+    first_wait = autoscale._refusals["retry_at"] - time.time()
+    assert 5 < first_wait <= 10  # 5 s × 2
+    calls = []
+    monkeypatch.setattr(provider, "launch", lambda count: calls.append(count))
+    assert autoscale._launch(provider, 2, interval=5) == (0, refused) and not calls  # waiting: not asked
+    monkeypatch.setattr(autoscale, "_refusals", {**autoscale._refusals, "retry_at": 0.0})
+    assert autoscale._launch(provider, 2, interval=5) == (2, "") and calls == [2]  # accepted: backoff reset
+    assert autoscale._refusals["count"] == 0
+
+
 def test_missing_ami_names_the_setting(ec2_settings):
     provider = EC2Provider(ec2_settings.with_(ec2_ami=""))
     with pytest.raises(ValueError, match="DAAS_EC2_AMI") as raised:

@@ -10,7 +10,6 @@ import time
 import pytest
 from PIL import Image
 
-from daas import health
 from tests.conftest import make_settings
 from web import SECURITY_HEADERS, create_app, views
 
@@ -111,9 +110,6 @@ def test_healthz_names_the_cause_in_plain_words_and_logs_the_details(local_aws, 
                                                                      missing, cause):
     settings = make_settings(local_aws, tmp_path)
     settings = settings.with_(**{missing: f"{settings.stack}-gone"})  # never created
-    now = time.time()
-    health.record(settings.state_dir, health.BEAT, {"t": now})
-    health.record(settings.state_dir, health.TICK, {"t": now})  # the autoscaler ticks: AWS is at fault
     monkeypatch.setattr(views, "_healthy_until", 0.0)  # another test's app may have been healthy just now
     with caplog.at_level(logging.WARNING):
         response = create_app(settings).test_client().get("/healthz")

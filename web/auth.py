@@ -39,8 +39,7 @@ def init_app(app: Flask) -> None:
     settings = app.config["DAAS_SETTINGS"]
     app.extensions["daas_api_keys"] = settings.api_key_set
     if settings.rate_limit > 0:
-        app.extensions["daas_rate_limiter"] = RateLimiter(settings.state_dir / "ratelimit.sqlite",
-                                                          settings.rate_limit)
+        app.extensions["daas_rate_limiter"] = RateLimiter(settings, settings.rate_limit)
     app.before_request(check_key)
     app.register_error_handler(RateLimited, too_many)
 

@@ -45,13 +45,17 @@ def images_per_minute(minutes: int = 5) -> list[int] | None:
 
 @bp.get("/api/status")
 def status():
-    """Queue depth and worker counts as the autoscaler measured them at its latest tick (no AWS
-    call per request), and throughput."""
-    tick = health.read(_settings().state_dir, health.TICK)
+    """Queue depth and worker counts as the autoscaler measured them at its latest tick (its record
+    in the output bucket, daas.health), whether the control plane works, and throughput."""
+    settings = _settings()
+    tick = health.read(settings, health.TICK)
     if tick is None:
         return jsonify(error="no autoscaler tick recorded yet: is the controller running?"), 503
+    fault = health.diagnose(tick, health.read(settings, health.BEAT), settings.scale_interval, time.time())
     return jsonify({"queue": tick["queue"], "workers": tick["workers"], "provider": tick["provider"],
-                    "measured_at": tick["t"], "images_per_minute": images_per_minute(), "flower_url": flower_url()})
+                    "measured_at": tick["t"], "launch_refused": tick.get("refused") or None,
+                    "control_plane": fault[1] if fault else "ok",
+                    "images_per_minute": images_per_minute(), "flower_url": flower_url()})
 
 
 @bp.get("/ops/timeline")

@@ -249,7 +249,7 @@ class Soak:
         if kind == "web":
             check = lambda: self.answers("/healthz")  # noqa: E731
         else:  # the autoscaler ticks again
-            check = lambda: (health.read(self.state, health.TICK) or {"t": 0})["t"] > fault.t  # noqa: E731
+            check = lambda: (health.read(self.settings, health.TICK) or {"t": 0})["t"] > fault.t  # noqa: E731
         self.wait_until(check, RECOVERY_TIMEOUT, f"recovery from the {kind} fault")
         fault.recovered = time.time()
 
