@@ -68,14 +68,20 @@ def partition(region: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _caller_account(endpoint: str, region: str) -> str:
-    return _client("sts", endpoint, region, ROLE).get_caller_identity()["Account"]
+def _caller(endpoint: str, region: str) -> dict:
+    return _client("sts", endpoint, region, ROLE).get_caller_identity()
 
 
 def account_id(settings: Settings) -> str:
     """The stack's account: DAAS_ACCOUNT_ID (set on a deployed stack's hosts), else asked of STS
     once per process (GetCallerIdentity needs no permission)."""
-    return settings.account_id or _caller_account(settings.aws_endpoint, settings.region)
+    return settings.account_id or _caller(settings.aws_endpoint, settings.region)["Account"]
+
+
+def caller_id(settings: Settings) -> str:
+    """This process's principal as IAM's policy variable aws:userid names it: `<role id>:<instance id>`
+    for an instance role (asked of STS once per process)."""
+    return _caller(settings.aws_endpoint, settings.region)["UserId"]
 
 
 def topic_names(settings: Settings) -> list[str]:

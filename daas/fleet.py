@@ -1,9 +1,12 @@
 """The controller's view of its workers: heartbeat records, and which workers must end.
 
-Each worker process writes a heartbeat record, `workers/<node>` in the output bucket, when it starts
-consuming and every DAAS_HEARTBEAT_INTERVAL seconds while it makes progress (daas.lifecycle), and
-deletes it when it exits cleanly. A node name is `<stack>-worker-<pid>@<host>`; on EC2 the host part
-is the instance id, so a record names its instance. The controller lists the records once per
+Each worker process writes a heartbeat record, `workers/<principal>/<node>` in the output bucket, when
+it starts consuming and every DAAS_HEARTBEAT_INTERVAL seconds while it makes progress
+(daas.lifecycle), and deletes it when it exits cleanly. A node name is `<stack>-worker-<pid>@<host>`;
+on EC2 the host part is the instance id, so a record names its instance. The principal is the
+worker's own (IAM's `aws:userid`: `<role id>:<instance id>` on EC2), so that the worker role may
+write and delete only the records of its own instance (daas/cloudformation.yaml): a worker can
+never age or delete another's record and get it terminated. The controller lists the records once per
 housekeeping run (one LIST per 1000 workers) and reads ages from their LastModified time:
 
 - a worker whose provider says it is gone (its pid, its instance) is dead at once;
@@ -21,7 +24,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from daas.aws import client
+from daas.aws import caller_id, client
 from daas.config import Settings
 
 PREFIX = "workers/"
@@ -40,25 +43,32 @@ def node_name(settings: Settings, pid: int, host: str) -> str:
     return f"{settings.stack}-worker-{pid}@{host}"
 
 
-def parse_node(node: str) -> tuple[int, str] | None:
-    """(pid, host) of a worker's node name; None for any other name."""
-    match = _NODE.match(node)
+def parse_node(name: str) -> tuple[int, str] | None:
+    """(pid, host) of a worker's node name (or of a record name ending in one); None for any other."""
+    match = _NODE.match(name.rsplit("/", 1)[-1])
     return (int(match["pid"]), match["host"]) if match else None
+
+
+def record_name(settings: Settings, node: str) -> str:
+    """This process's record of `node`, as `heartbeats` names it: `<principal>/<node>`."""
+    return f"{caller_id(settings)}/{node}"
 
 
 def beat(settings: Settings, node: str, record: dict, s3=None) -> None:
     """Write a worker's heartbeat record (with `s3`, a client of the caller's choosing: a worker's
     gives up within a round, see daas.aws.duty_client)."""
-    (s3 or client("s3", settings)).put_object(Bucket=settings.output_bucket, Key=PREFIX + node,
+    (s3 or client("s3", settings)).put_object(Bucket=settings.output_bucket, Key=PREFIX + record_name(settings, node),
                                               Body=json.dumps(record).encode(), ContentType="application/json")
 
 
-def forget(settings: Settings, node: str) -> None:
-    client("s3", settings).delete_object(Bucket=settings.output_bucket, Key=PREFIX + node)
+def forget(settings: Settings, name: str) -> None:
+    """Delete a record, named as `heartbeats` names it (or as `record_name` does)."""
+    client("s3", settings).delete_object(Bucket=settings.output_bucket, Key=PREFIX + name)
 
 
 def heartbeats(settings: Settings) -> dict[str, float]:
-    """{node: epoch seconds of its latest heartbeat} for every worker record of the stack."""
+    """{record name (`<principal>/<node>`): epoch seconds of its latest heartbeat} for every worker
+    record of the stack."""
     pages = client("s3", settings).get_paginator("list_objects_v2").paginate(
         Bucket=settings.output_bucket, Prefix=PREFIX)
     return {obj["Key"][len(PREFIX):]: obj["LastModified"].timestamp()

@@ -145,7 +145,7 @@ class Heartbeat:
         if self.consuming:
             self.consuming = False
             try:
-                fleet.forget(self.cfg, self.node)
+                fleet.forget(self.cfg, fleet.record_name(self.cfg, self.node))
             except Exception as exc:  # the controller forgets it once it is stale
                 log.warning("could not delete the heartbeat record: %r", exc)
 

@@ -148,7 +148,7 @@ def housekeeping() -> dict:
 def end_broken_workers(cfg: config.Settings, workers) -> tuple[dict[str, str], set[str]]:
     """Terminate the provider's workers that never joined, stopped beating or outlived their lifetime
     (see daas.fleet.verdicts), and forget the records of dead workers. Returns ({worker id: why
-    it ended}, the nodes of the live workers)."""
+    it ended}, the records of the live workers, named as daas.fleet.heartbeats names them)."""
     beats, now = fleet.heartbeats(cfg), time.time()
     known, owner = workers.workers(), fleet.owners(beats, workers.worker_id)
     ended = fleet.verdicts(known, fleet.latest_by_worker(beats, owner), now,

@@ -140,8 +140,10 @@ def as_moto_enforces(policy: dict) -> dict:
     those services' statements get `*` and lose their conditions (their ARNs and conditions are
     checked by the recorded audit and the static tests below), creating or looking up a queue is
     allowed on `*`, and each SQS statement also names the batch forms of its actions; S3 and SQS
-    stay scoped exactly as deployed."""
+    stay scoped exactly as deployed, but for the policy variable `${aws:userid}` (moto evaluates none:
+    it becomes `*`; the static test below checks it is there)."""
     statements = []
+    policy = json.loads(json.dumps(policy).replace("${aws:userid}", "*"))  # moto knows no policy variables
     for statement in policy["Statement"]:
         if all(action.startswith(("s3:", "sqs:")) for action in _listed(statement["Action"])):
             # AWS authorises SQS's batch calls as their single forms; moto asks for the batch names.
@@ -156,13 +158,19 @@ def as_moto_enforces(policy: dict) -> dict:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def principal(settings: config.Settings, name: str, policy: dict) -> dict[str, str]:
-    """An IAM user holding exactly `policy`: the environment of a process acting as it."""
+def principal(settings: config.Settings, name: str, policy: dict) -> tuple[dict[str, str], str]:
+    """An IAM user holding exactly `policy`: (the environment of a process acting as it, its
+    aws:userid)."""
     iam = aws.client("iam", settings)
-    iam.create_user(UserName=name)
+    user = iam.create_user(UserName=name)["User"]
     iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName=name)["AccessKey"]
-    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}, user["UserId"]
+
+
+def for_principal(policy: dict, user_id: str) -> dict:
+    """The policy with IAM's policy variable aws:userid filled in, as IAM evaluates it for a caller."""
+    return json.loads(json.dumps(policy).replace("${aws:userid}", user_id))
 
 
 def enforce_iam(settings: config.Settings) -> None:
@@ -176,6 +184,7 @@ class Audit(NamedTuple):
     calls: dict[str, set[tuple[str, str]]]  # {role: {(action, resource)} its processes made}
     logs: dict[str, str]               # {process: its log}
     template_id: str                   # the workers' launch template
+    user_ids: dict[str, str]           # {role: the aws:userid its processes signed as}
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +211,12 @@ def audit(tmp_path_factory):
         deploy.deploy(admin, deploy.Options(stack=name, ami=make_worker_ami(admin, "daas-worker-audit"),
                                             allow_http=True), out=lambda _: None)
         policies = {role: _policy(admin, f"{name}-{role}", role) for role in ROLES}
-        env = {role: principal(admin, f"{name}-{role}-process", as_moto_enforces(policy))
-               for role, policy in policies.items()}
+        principals = {role: principal(admin, f"{name}-{role}-process", as_moto_enforces(policy))
+                      for role, policy in policies.items()}
+        env = {role: process_env for role, (process_env, _) in principals.items()}
+        user_ids = {role: user_id for role, (_, user_id) in principals.items()}
         keys = {role: process_env["AWS_ACCESS_KEY_ID"] for role, process_env in env.items()}
-        admin_env = principal(admin, f"{name}-admin", {"Version": "2012-10-17", "Statement": [
+        admin_env, _ = principal(admin, f"{name}-admin", {"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": "*", "Resource": "*"}]})
         subnet = aws.client("ec2", admin).describe_subnets()["Subnets"][0]["SubnetId"]
         template_id = aws.client("ec2", admin).describe_launch_templates(
@@ -250,7 +261,7 @@ def audit(tmp_path_factory):
             os.environ.pop(name) if value is None else os.environ.update({name: value})
         aws._client.cache_clear()
     logs = {path.stem: path.read_text(errors="replace") for path in (tmp / "logs").glob("*.log")}
-    return Audit(settings, policies, _recorded(recording, keys), logs, template_id)
+    return Audit(settings, policies, _recorded(recording, keys), logs, template_id, user_ids)
 
 
 def test_no_process_was_denied_anything_with_iam_enforced(audit):
@@ -265,9 +276,8 @@ def test_no_process_was_denied_anything_with_iam_enforced(audit):
 
 @pytest.mark.parametrize("role", ROLES)
 def test_the_role_allows_every_call_its_processes_make(audit, role):
-    policies, calls = audit.policies, audit.calls
-    denied = sorted(call for call in calls[role]
-                    if call[0] not in UNAUTHORISED and not _allows(policies[role], *call))
+    policy, calls = for_principal(audit.policies[role], audit.user_ids[role]), audit.calls
+    denied = sorted(call for call in calls[role] if call[0] not in UNAUTHORISED and not _allows(policy, *call))
     assert not denied, f"the {role} role lacks {denied}"
 
 
@@ -325,7 +335,8 @@ def test_the_worker_reads_inputs_writes_only_results_and_its_heartbeats(audit):
     n, stack = _names(settings), settings.stack
     writes = {resource for action, resource in _grants(policies["worker"])
               if action in ("s3:PutObject", "s3:DeleteObject")}
-    assert writes == {f"{n['output']}/results/*", f"{n['output']}/workers/{stack}-worker-*"}  # no manifests
+    # No manifests, and heartbeat records only under its own principal (its instance, on EC2).
+    assert writes == {f"{n['output']}/results/*", f"{n['output']}/workers/${{aws:userid}}/*"}
     reads = {resource.removesuffix("/*") for action, resource in _grants(policies["worker"]) if action == "s3:GetObject"}
     listed = {resource for action, resource in _grants(policies["worker"]) if action == "s3:ListBucket"}
     assert reads == {n["input"], f"{n['output']}/results"} and listed == {n["input"], n["output"]}

@@ -107,6 +107,8 @@ def test_heartbeats_are_keyed_by_the_worker_their_node_belongs_to():
     by_instance = fleet.latest_by_worker(beats, owner)
     assert by_instance == {"i-0abc": 9.0}
     assert fleet.parse_node("daas-prod-worker-12@ip-10-0-0-1") == (12, "ip-10-0-0-1")
+    # Records are named <principal>/<node>: on EC2 the principal is <role id>:<instance id>.
+    assert fleet.parse_node("AROAEXAMPLE:i-0abc/daas-worker-12@i-0abc") == (12, "i-0abc")
 
 
 def test_recent_launches_count_until_describe_instances_lists_them():

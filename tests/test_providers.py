@@ -239,7 +239,7 @@ def test_instances_that_never_join_or_stop_beating_are_terminated(local_aws, tmp
     assert set(ended) == {silent} and "no heartbeat" in ended[silent]
     assert {_state(settings, i) for i in (never, silent)} <= {"shutting-down", "terminated"}
     assert _state(settings, healthy) == "running" and provider.counts() == (1, 0)
-    assert live == {fleet.node_name(settings, 1234, healthy)}
+    assert live == {fleet.record_name(settings, fleet.node_name(settings, 1234, healthy))}
     assert set(fleet.heartbeats(settings)) == live  # the dead ones' records are forgotten
 
 
