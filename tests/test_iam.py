@@ -135,11 +135,13 @@ MOTO_BATCHES = {"sqs:SendMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibi
 def as_moto_enforces(policy: dict) -> dict:
     """The role's policy in the form moto can enforce. moto authorises S3 and SQS calls against their
     bucket, object or queue ARN, but every other service's (EC2, SNS, SSM, DynamoDB, STS) against `*`,
-    a call on a queue that does not exist yet against `*` too, it cannot evaluate conditions
+    a call on a queue that does not exist (yet, or any more) against `*` too, it cannot evaluate conditions
     (a statement with one would deny), and it names SQS's batch calls as actions of their own. So:
     those services' statements get `*` and lose their conditions (their ARNs and conditions are
-    checked by the recorded audit and the static tests below), creating or looking up a queue is
-    allowed on `*`, and each SQS statement also names the batch forms of its actions; S3 and SQS
+    checked by the recorded audit and the static tests below); creating, looking up, and what
+    housekeeping does to a queue that may be gone meanwhile (its owner deleted it: AWS answers "does
+    not exist", moto "denied") are allowed on `*`, their ARNs checked by the recorded audit; each SQS
+    statement also names the batch forms of its actions; S3 and SQS
     stay scoped exactly as deployed, but for the policy variable `${aws:userid}` (moto evaluates none:
     it becomes `*`; the static test below checks it is there)."""
     statements = []
@@ -151,8 +153,9 @@ def as_moto_enforces(policy: dict) -> dict:
             statements.append({**statement, "Action": actions + [f"{a}Batch" for a in actions if a in MOTO_BATCHES]})
         else:
             statements.append({k: v for k, v in statement.items() if k != "Condition"} | {"Resource": "*"})
-    statements.append({"Sid": "MotoQueuesNotCreatedYet", "Effect": "Allow",
-                       "Action": ["sqs:CreateQueue", "sqs:GetQueueUrl"], "Resource": "*"})
+    statements.append({"Sid": "MotoQueuesThatDoNotExist", "Effect": "Allow", "Resource": "*",
+                       "Action": ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:ListQueueTags",
+                                  "sqs:GetQueueAttributes", "sqs:DeleteQueue"]})
     statements.append({"Sid": "MotoAsksForWhatAwsDoesNot", "Effect": "Allow", "Action": sorted(UNAUTHORISED),
                        "Resource": "*"})
     return {"Version": "2012-10-17", "Statement": statements}

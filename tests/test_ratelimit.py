@@ -50,8 +50,10 @@ def test_concurrent_spending_never_overspends(local_aws, tmp_path):
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(granted) <= 20
-    assert limiter.take("busy", 1, now=500) > 0
+    # Every token granted was spent once: none twice (overspending), none lost. (A try that lost
+    # the race ATTEMPTS times is told to retry and spends nothing.)
+    left = 20 - len(granted)
+    assert left >= 0 and limiter.wait("busy", left, now=500) == 0 and limiter.wait("busy", left + 1, now=500) > 0
 
 
 def test_a_bucket_says_when_it_is_full_again_and_then_counts_as_none(local_aws, tmp_path):
