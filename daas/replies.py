@@ -93,14 +93,21 @@ class Replies:
         self.lock = threading.Lock()
         self.waiters: dict[str, set[threading.Event]] = {}  # several requests may share a chunk
         self.pid, self.url = None, None
+        self.listener: threading.Thread | None = None
 
     def queue_url(self) -> str:
         with self.lock:
             if self.pid != os.getpid():
                 self.pid, self.url, self.waiters = os.getpid(), self._create(), {}
-                threading.Thread(target=self._listen, name="daas-replies", daemon=True).start()
+                self.listener = threading.Thread(target=self._listen, name="daas-replies", daemon=True)
+                self.listener.start()
                 _open.add(self)
             return self.url
+
+    def listening(self) -> bool:
+        """False when this process's listener started and has ended (closed, or died): every
+        /classify would then wait out its timeout and read the bucket. True before first use."""
+        return self.pid != os.getpid() or self.listener is None or self.listener.is_alive()
 
     def _create(self) -> str:
         return client("sqs", self.settings).create_queue(

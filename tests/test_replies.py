@@ -42,3 +42,23 @@ def test_the_listener_renews_its_queues_lease(local_aws, tmp_path):
                  "the lease to be renewed")
     finally:
         box.close()
+
+
+def test_healthz_takes_a_web_process_whose_listener_ended_out_of_the_balancer(local_aws, tmp_path, monkeypatch):
+    """/healthz judges what its own host serves (issue 17): its buckets, its queue and its reply
+    listener; without a listener every /classify would wait out its timeout."""
+    from web import create_app, views
+
+    settings = make_settings(local_aws, tmp_path)
+    app = create_app(settings).test_client()
+    monkeypatch.setattr(views, "_healthy_until", 0.0)
+    box = replies.for_settings(settings)
+    assert app.get("/healthz").status_code == 200  # no listener yet: none needed before a /classify
+    monkeypatch.setattr(box, "_listen", lambda: None)  # a listener that ends at once
+    try:
+        box.queue_url()
+        wait_for(lambda: not box.listener.is_alive(), 10, "the listener to end")
+        answer = app.get("/healthz")
+        assert answer.status_code == 503 and "reply listener has stopped" in answer.get_json()["error"]
+    finally:
+        box.close()

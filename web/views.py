@@ -6,7 +6,7 @@ from pathlib import PurePath
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
-from daas import aws, jobs
+from daas import aws, jobs, replies
 from web import auth
 from daas.config import Settings
 
@@ -42,12 +42,14 @@ _healthy_until = 0.0
 
 @bp.get("/healthz")
 def healthz():
-    """200 while this web host can take work: its buckets and queue answer (checked at most every
-    10 s); else 503 naming the cause. The load balancer's check: it judges only what this host
-    serves. The control plane's state is GET /api/status's (a stalled controller must not take
-    every web host out of the balancer)."""
+    """200 while this web host can take work: its reply listener runs, its buckets and queue answer
+    (checked at most every 10 s); else 503 naming the cause. The load balancer's check: it judges
+    only what this host serves. The control plane's state is GET /api/status's (a stalled
+    controller must not take every web host out of the balancer)."""
     global _healthy_until
     cfg = settings()
+    if not replies.for_settings(cfg).listening():
+        return json_error("not ready: this web process's reply listener has stopped", 503)
     if time.monotonic() < _healthy_until:
         return jsonify(ok=True)
     checks = {
