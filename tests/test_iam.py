@@ -129,33 +129,31 @@ def _policy(settings: config.Settings, role: str, name: str) -> dict:
     return json.loads(text) if text.startswith('{"') else ast.literal_eval(text)
 
 
-MOTO_BATCHES = {"sqs:SendMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
+# What moto names apart from the action AWS authorises: SQS's batch calls, S3's HEAD of a bucket.
+MOTO_ALIASES = {"sqs:SendMessage": "sqs:SendMessageBatch", "sqs:DeleteMessage": "sqs:DeleteMessageBatch",
+                "sqs:ChangeMessageVisibility": "sqs:ChangeMessageVisibilityBatch", "s3:ListBucket": "s3:HeadBucket"}
 
 
 def as_moto_enforces(policy: dict) -> dict:
-    """The role's policy in the form moto can enforce. moto authorises S3 and SQS calls against their
-    bucket, object or queue ARN, but every other service's (EC2, SNS, SSM, DynamoDB, STS) against `*`,
-    a call on a queue that does not exist (yet, or any more) against `*` too, it cannot evaluate conditions
-    (a statement with one would deny), and it names SQS's batch calls as actions of their own. So:
-    those services' statements get `*` and lose their conditions (their ARNs and conditions are
-    checked by the recorded audit and the static tests below); creating, looking up, and what
-    housekeeping does to a queue that may be gone meanwhile (its owner deleted it: AWS answers "does
-    not exist", moto "denied") are allowed on `*`, their ARNs checked by the recorded audit; each SQS
-    statement also names the batch forms of its actions; S3 and SQS
-    stay scoped exactly as deployed, but for the policy variable `${aws:userid}` (moto evaluates none:
-    it becomes `*`; the static test below checks it is there)."""
+    """The role's policy in the form moto can enforce. moto authorises S3 calls against their bucket
+    or object ARN, but every other service's (EC2, SNS, SSM, DynamoDB, STS) against `*`, and an SQS
+    call against `*` whenever its queue does not exist (yet, or any more: a queue its owner deleted
+    while housekeeping or a shutting-down consumer still calls on it, where AWS answers "does not
+    exist" and moto "denied"). It evaluates neither conditions (a statement with one would deny) nor
+    policy variables, and it names some calls apart from the action AWS authorises (MOTO_ALIASES).
+    So: S3 statements stay scoped exactly as deployed (with `${aws:userid}` as `*`); all others get
+    `*` and lose their conditions; each action also gets its moto alias. Every call's resource is
+    checked against the deployed ARNs by the recorded audit, and conditions by the static tests."""
     statements = []
-    policy = json.loads(json.dumps(policy).replace("${aws:userid}", "*"))  # moto knows no policy variables
+    policy = json.loads(json.dumps(policy).replace("${aws:userid}", "*"))
     for statement in policy["Statement"]:
-        if all(action.startswith(("s3:", "sqs:")) for action in _listed(statement["Action"])):
-            # AWS authorises SQS's batch calls as their single forms; moto asks for the batch names.
-            actions = _listed(statement["Action"])
-            statements.append({**statement, "Action": actions + [f"{a}Batch" for a in actions if a in MOTO_BATCHES]})
+        actions = _listed(statement["Action"])
+        actions = actions + [MOTO_ALIASES[a] for a in actions if a in MOTO_ALIASES]
+        if all(action.startswith("s3:") for action in actions):
+            statements.append({**statement, "Action": actions})
         else:
-            statements.append({k: v for k, v in statement.items() if k != "Condition"} | {"Resource": "*"})
-    statements.append({"Sid": "MotoQueuesThatDoNotExist", "Effect": "Allow", "Resource": "*",
-                       "Action": ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:ListQueueTags",
-                                  "sqs:GetQueueAttributes", "sqs:DeleteQueue"]})
+            statements.append({k: v for k, v in statement.items() if k != "Condition"} | {
+                "Action": actions, "Resource": "*"})
     statements.append({"Sid": "MotoAsksForWhatAwsDoesNot", "Effect": "Allow", "Action": sorted(UNAUTHORISED),
                        "Resource": "*"})
     return {"Version": "2012-10-17", "Statement": statements}
@@ -272,6 +270,9 @@ def test_no_process_was_denied_anything_with_iam_enforced(audit):
     jobs finished, workers were launched and ended, and no log has a denial."""
     logs = audit.logs
     assert {"web", "controller", "beat", "flower", "worker"} <= set(logs)
+    # The endpoint's access log: every refused call is a 403 there, whatever its client logged.
+    enforced = logs["aws"].split("/moto-api/reset-auth", 1)[1]
+    assert not [line for line in enforced.splitlines() if '" 403 ' in line]
     denied = {name: [line for line in log.splitlines() if "AccessDenied" in line or "not authorized" in line]
               for name, log in logs.items()}
     assert not {name: lines for name, lines in denied.items() if lines}
