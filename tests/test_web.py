@@ -253,3 +253,36 @@ def test_twenty_concurrent_50_mb_requests_leave_the_web_tiers_memory_bounded(loc
             done = [f.result() for f in futures]
     assert done == [413] * 20
     assert peak - before < 100 * 1024 * 1024, f"the web tier grew by {(peak - before) >> 20} MB"
+
+
+def test_the_web_tiers_worker_processes_end_with_their_arbiter(local_aws, tmp_path):
+    """Killed arbiter, no orphans (as systemd's cgroup kill on AWS): an orphaned worker kept a
+    listening socket whose queued connections were reset when it exited, up to 70 s later
+    (daas.serving.die_with_arbiter)."""
+    import os
+    import signal
+
+    from daas.stack import Stack
+    from tests.conftest import wait_for
+
+    settings = make_settings(local_aws, tmp_path)
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        stack.start_web()
+        arbiter = stack.processes["web"].pid
+        workers = wait_for(lambda: [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == arbiter],
+                           30, "the web tier's worker processes")
+        os.kill(arbiter, signal.SIGKILL)
+        stack.processes["web"].wait()
+        killed = time.monotonic()
+        wait_for(lambda: not [pid for pid in workers if _alive(pid)], 10, "the workers to end")
+        # At once: an orphan would notice its parent gone only at its next loop, and then finish
+        # its requests first (up to the graceful timeout).
+        assert time.monotonic() - killed < 0.9
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
