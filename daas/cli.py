@@ -232,6 +232,12 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     return deploy.command_destroy(args, config.load())
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from daas.runtimes import export
+
+    return export.command_export(config.load())
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from daas import bench
 
@@ -257,6 +263,9 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--register-in", metavar="DIR",
                         help="register as <pid> here, and <pid>.ready once consuming (local provider)")
     worker.set_defaults(func=cmd_worker)
+
+    sub.add_parser("export", help="export the model for the runtime now (DAAS_MODEL_CACHE), and check it loads").set_defaults(
+        func=cmd_export)
 
     classify = sub.add_parser("classify", help="classify image files or folders through the service")
     classify.add_argument("paths", nargs="+")

@@ -52,7 +52,13 @@ class Settings:
     # Model and input limits
     model: str = "efficientnet_lite0"
     model_weights: str = ""
-    device: str = "auto"
+    device: str = "auto"     # cpu, cuda, or auto: cuda where an NVIDIA GPU is present
+    # Inference runtime (daas.runtimes): openvino, onnxruntime or torch; auto is torch on a GPU and
+    # openvino on CPU, the fastest measured here (README, Inference runtime). precision: f32, bf16 or
+    # auto (the runtime's own choice: OpenVINO runs bf16 where the CPU has it, f32 elsewhere).
+    runtime: str = "auto"
+    precision: str = "auto"
+    model_cache: str = ""    # folder of the exported networks (ONNX); default: <state_dir>/models
     max_image_bytes: int = 10 * MB
     max_image_pixels: int = 50_000_000
     max_files: int = 500
@@ -66,7 +72,7 @@ class Settings:
     # Workers
     images_per_task: int = 10  # images per queue message (see daas.jobs.chunks)
     worker_concurrency: int = 1
-    torch_threads: int = 1
+    inference_threads: int = 1  # threads of the forward pass per worker process
     prefetch_multiplier: int = 1
     idle_timeout: float = 60.0
     poweroff_command: str = ""
@@ -110,6 +116,8 @@ class Settings:
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
         object.__setattr__(self, "state_dir", Path(self.state_dir))
+        if not self.model_cache:
+            object.__setattr__(self, "model_cache", str(self.state_dir / "models"))
 
     @property
     def dead_letter_queue(self) -> str:

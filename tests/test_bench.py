@@ -14,14 +14,26 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written == json.loads(json.dumps(report))
     modes = written["modes"]
-    assert set(modes) == {"raw", "service", "single", "baseline", "cold", "colocated", "burst", "one_upload"}
+    assert set(modes) == {"raw", "raw_runtimes", "service", "service_before", "single", "baseline", "cold",
+                          "colocated", "burst", "one_upload", "stages", "boot", "export_s"}
+    # "raw" is the fastest runtime's; the service runs on the default runtime and on PyTorch beside it
+    assert set(modes["raw_runtimes"]) == {"openvino", "onnxruntime", "torch"}
+    assert modes["raw"] == max(modes["raw_runtimes"].values(), key=lambda mode: mode["images_per_s"]) | {
+        "single": modes["raw"]["single"]}
+    assert modes["service"]["runtime"] == "openvino" and modes["service_before"]["runtime"] == "torch"
+    for runtime, boot in modes["boot"].items():  # only the torch runtime imports torch to serve
+        assert boot["label"] == modes["raw"]["labels"][0] and boot["torch_imported"] == (runtime == "torch")
+        assert boot["resting_rss_mb"] > 0 and len(boot["seconds_runs"]) == 3
+    assert {"decode", "prepare", "prepare_before", "forward_openvino", "forward_onnxruntime",
+            "forward_torch"} == set(modes["stages"]) and all(v > 0 for v in modes["stages"].values())
     for mode in (modes["burst"], modes["one_upload"]):  # the original client's pattern, and one upload
         assert mode["images"] == 5 and mode["images_per_s"] > 0 and mode["aws_requests"]["per_image"] > 1
         assert any(op.startswith("web ") for op in mode["aws_requests"]["by_operation"])
     for mode in (modes["raw"], modes["service"], modes["baseline"], modes["cold"], *modes["colocated"].values()):
         assert mode["images_per_s"] > 0, mode
     assert modes["raw"]["processes"] == modes["service"]["workers"] == modes["colocated"]["service"]["workers"] == 1
-    for mode in (modes["raw"], modes["service"], *modes["colocated"].values()):  # the median of the runs
+    for mode in (modes["raw"], modes["service"], modes["service_before"], *modes["raw_runtimes"].values(),
+                 *modes["colocated"].values()):  # the median of the runs
         assert len(mode["images_per_s_runs"]) == 3
         assert mode["images_per_s"] == sorted(mode["images_per_s_runs"])[1]
     front, workers = written["settings"]["front_cores"], written["settings"]["worker_cores"]
@@ -41,6 +53,8 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     ratios = written["ratios"]
     assert ratios["service / raw"] == round(modes["service"]["images_per_s"] / modes["raw"]["images_per_s"], 3)
     assert ratios["service / baseline"] == round(modes["service"]["images_per_s"] / modes["baseline"]["images_per_s"], 1)
+    assert ratios["service / PyTorch service"] == round(
+        modes["service"]["images_per_s"] / modes["service_before"]["images_per_s"], 2)
     assert ratios["single − raw (p50)"] == round(
         modes["single"]["latency_ms"]["p50"] - modes["raw"]["single"]["latency_ms"]["p50"], 1)
     assert ratios["cold 30 images"] == modes["cold"]["seconds"]

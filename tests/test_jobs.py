@@ -1,6 +1,6 @@
 from daas import results
 from daas.jobs import chunks, display_name
-from daas.model import Prediction
+from daas.classifier import Prediction
 
 
 def test_display_names_drop_directories_and_control_characters():

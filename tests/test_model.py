@@ -1,4 +1,5 @@
-"""The real model on real photos: EfficientNet-Lite0 with the packaged ImageNet weights."""
+"""The real model on real photos: EfficientNet-Lite0 with the packaged ImageNet weights, on the
+default runtime (tests/test_runtimes.py checks every runtime against PyTorch)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -6,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from daas import images
-from daas.model import Classifier, EfficientNetLite0
+from daas import config, images
+from daas.classifier import Classifier
+from daas.model import EfficientNetLite0, build
 from tests.conftest import skimage_photo
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    torch.set_num_threads(2)
-    return Classifier()
+def classifier(tmp_path_factory):
+    return Classifier(config.Settings(state_dir=tmp_path_factory.mktemp("state"), inference_threads=2))
 
 
 def photo(name: str):
@@ -47,8 +48,21 @@ def test_batch_equals_one_by_one(classifier):
 
 
 def test_preprocessing_resizes_and_centre_crops():
-    tensor = Classifier.prepare(photo("coffee.png"))  # 600×400
-    assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.uint8
+    pixels = Classifier.prepare(photo("coffee.png"))  # 600×400
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == "uint8"
+
+
+def test_preprocessing_in_one_resize_matches_resize_then_crop():
+    """The crop region resized in one step (Pillow's box) gives the pixels of the reference
+    preprocessing (shorter side to 256, centre 224 crop) within rounding."""
+    import numpy as np
+    from torchvision.transforms.v2 import functional as TF
+
+    for name in ("coffee.png", "chelsea.png", "camera.png"):
+        image = photo(name).convert("RGB")
+        reference = TF.center_crop(TF.resize(TF.pil_to_tensor(image), 256, antialias=True), [224, 224])
+        ours = torch.from_numpy(np.array(Classifier.prepare(image))).permute(2, 0, 1)
+        assert (ours.int() - reference.int()).abs().float().mean() < 2.0, name
 
 
 def test_every_weight_of_the_checkpoint_is_used():
@@ -61,11 +75,11 @@ def test_every_weight_of_the_checkpoint_is_used():
     assert {_rename_lite0_key(k) for k in state} == set(ours)
 
 
-def test_other_torchvision_models_need_local_weights():
+def test_other_torchvision_models_need_local_weights(tmp_path):
     with pytest.raises(ValueError, match="DAAS_MODEL_WEIGHTS"):
-        Classifier("resnet18")
+        Classifier(config.Settings(state_dir=tmp_path, model="resnet18"))
     with pytest.raises(ValueError, match="unknown model"):
-        Classifier("not_a_model")
+        build("not_a_model")
 
 
 def test_torchvision_model_loads_from_a_local_file(tmp_path):
@@ -73,7 +87,7 @@ def test_torchvision_model_loads_from_a_local_file(tmp_path):
 
     weights = tmp_path / "mobilenet.pth"
     torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), weights)
-    model = Classifier("mobilenet_v3_small", str(weights))
+    model = Classifier(config.Settings(state_dir=tmp_path, model="mobilenet_v3_small", model_weights=str(weights)))
     assert len(model.classify([photo("coffee.png")])[0].top5) == 5
 
 
@@ -81,10 +95,10 @@ FAULTS_PER_IMAGE = """
 import io, resource, sys
 from PIL import Image
 from daas import images
-from daas.model import Classifier, configure_process
+from daas.classifier import Classifier, configure_process
 from tests.conftest import skimage_photo
 if sys.argv[1] == "configured":
-    assert configure_process(1)
+    assert configure_process()
 photos = []
 for name in ("chelsea.png", "astronaut.png", "coffee.png", "retina.jpg"):
     photo = images.decode(skimage_photo(name), 50_000_000)

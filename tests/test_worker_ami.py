@@ -145,7 +145,7 @@ def test_packer_template_installs_the_project_and_the_unit(tmp_path):
     assert set(re.findall(r"\$\{(\w+)", text)) <= {"var", "local", "path"}
     script = _provisioning_script()
     for step in ("-m venv /opt/daas/.venv", "pip install -q -r requirements.txt", "pip install -q --no-deps -e .",
-                 '/opt/daas/.venv/bin/python -c "from daas.model import Classifier; Classifier()"',
+                 "DAAS_MODEL_CACHE=/opt/daas/models /opt/daas/.venv/bin/python -m daas export",
                  "useradd --system", "worker_ami/daas-worker.service /etc/systemd/system/daas-worker.service",
                  "worker_ami/daas-sudoers /etc/sudoers.d/daas", "visudo -cf"):
         assert step in script, step

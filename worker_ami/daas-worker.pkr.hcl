@@ -169,8 +169,11 @@ build {
       # The unprivileged user the worker runs as.
       useradd --system --home-dir /var/lib/daas --create-home --shell /usr/sbin/nologin daas
 
-      # Smoke check, as that user: the code imports and the baked-in weights load, offline.
-      runuser -u daas -- env HOME=/var/lib/daas /opt/daas/.venv/bin/python -c "from daas.model import Classifier; Classifier()"
+      # The model exported once for the runtime (daas.runtimes.export), read-only for the worker
+      # (the unit sets DAAS_MODEL_CACHE=/opt/daas/models); then a smoke check as that user: the code
+      # imports and the baked-in export loads and classifies, offline.
+      DAAS_MODEL_CACHE=/opt/daas/models /opt/daas/.venv/bin/python -m daas export
+      runuser -u daas -- env HOME=/var/lib/daas DAAS_MODEL_CACHE=/opt/daas/models /opt/daas/.venv/bin/python -m daas export
 
       # The unit, installed but not enabled: the user data enables it once /etc/daas/worker.env exists.
       install -m 0644 worker_ami/daas-worker.service /etc/systemd/system/daas-worker.service

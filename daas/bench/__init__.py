@@ -1,12 +1,15 @@
 """Benchmarks, all measured in one run on this machine: `python -m daas bench [all|scaling|soak]`.
 
 `all` compares five ways of labelling the same images:
-  raw       the model alone (decode + preprocess + forward) in N processes, as the workers run it
+  raw       the model alone (decode + preprocess + forward) in N processes, as the workers run it, on
+            each inference runtime; "raw" is the fastest of them
   service   the same images through the web API, N warm workers: images/s at steady state (first
-            label to last; end to end is reported too) and upload-to-label latency
+            label to last; end to end is reported too) and upload-to-label latency; on the default
+            runtime, and on PyTorch (every release before issue 18) in the same run
   single    one image at a time through POST /classify, against the model alone on one image
   baseline  the original app tier: a new Python process per image that loads the model
   cold      30 images through a stack with zero workers, which the autoscaler has to start
+plus, on each runtime, a worker's start (time and memory) and each stage's ms per image,
 and writes <out>/bench.json and <out>/bench.png. `scaling` times batches of 10, 30 and 100 images
 on an elastic stack (from zero workers each time) against one fixed warm worker, and writes
 <out>/scaling.json and <out>/scaling.png (the autoscaler's timeline of the elastic 30-image run).
@@ -18,7 +21,7 @@ runs elsewhere: the local AWS endpoint (S3, SQS and SNS are AWS's CPU there), th
 instance there) and this client. N is WORKERS_PER_CORE solo workers per worker core: a solo worker
 waits on S3 and SQS for part of each task, and the others compute meanwhile. The same comparison with
 every process free to run on every core is reported too ("colocated"). Each process runs
-DAAS_TORCH_THREADS threads. Baseline and cold run on all cores.
+DAAS_INFERENCE_THREADS threads. Baseline and cold run on all cores.
 
 Every stack runs on free ports with its own buckets, queues and state folder, all on one local
 AWS endpoint started once for the whole run.
@@ -51,9 +54,10 @@ from pathlib import Path
 
 import requests
 
-from daas import aws, config, timeline
+from daas import aws, config, runtimes, timeline
 from daas.client import ServiceClient
 from daas.providers import LocalProvider
+from daas.runtimes import export
 from daas.stack import PYTHON, Stack, free_port
 
 File = tuple[str, bytes]  # (file name, encoded image)
@@ -70,12 +74,17 @@ ROUNDS = 5
 TARGETS = {  # name: (comparison, threshold, unit)
     "service / raw": (">=", 0.9, "×"),
     "service / baseline": (">=", 20.0, "×"),
+    "service / PyTorch service": (">=", 2.0, "×"),
     "single − raw (p50)": ("<=", 50.0, "ms"),
     "cold 30 images": ("<=", 10.0, "s"),
     "burst / one upload": (">=", 0.8, "×"),
     "burst AWS calls per image beyond the upload's": ("<=", 3.0, ""),
 }
 BURST_ROUNDS = 3
+# Raw runs on each runtime, and "raw" is the fastest (the honest limit); the service also runs on
+# BEFORE, the runtime of every release before issue 18, in the same run (README, Inference runtime).
+RAW_RUNTIMES = runtimes.RUNTIMES
+BEFORE = "torch"
 
 # -- the images ---------------------------------------------------------------------------------
 
@@ -200,9 +209,10 @@ def machine(settings: config.Settings) -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": metadata.version("torch"), "torch_threads": settings.torch_threads,
+            "torch": metadata.version("torch"), "inference_threads": settings.inference_threads,
             "celery": metadata.version("celery"), "kombu": metadata.version("kombu"),
-            "moto": metadata.version("moto"), "load_average_at_start": os.getloadavg()}
+            "moto": metadata.version("moto"), "openvino": metadata.version("openvino"),
+            "onnxruntime": metadata.version("onnxruntime"), "load_average_at_start": os.getloadavg()}
 
 
 @contextmanager
@@ -221,8 +231,9 @@ def workspace() -> Iterator[Path]:
 
 @contextmanager
 def local_aws(tmp: Path) -> Iterator[config.Settings]:
-    """The base settings of the run, pointing at a local AWS endpoint started for it."""
-    base = config.load({**os.environ, "DAAS_PROVIDER": "local"})
+    """The base settings of the run, pointing at a local AWS endpoint started for it (its stacks
+    share one model cache, as workers of one AMI do)."""
+    base = config.load({**os.environ, "DAAS_PROVIDER": "local", "DAAS_MODEL_CACHE": str(tmp / "models")})
     stack = Stack(base.with_(aws_port=free_port(), state_dir=tmp / "aws"), log_dir=tmp / "aws")
     try:
         stack.start_local_aws()
@@ -235,7 +246,8 @@ def local_aws(tmp: Path) -> Iterator[config.Settings]:
 def stack(base: config.Settings, tmp: Path, name: str, **overrides) -> Iterator[tuple[Stack, str]]:
     """A fresh stack (own buckets, queues, state folder) with its web tier: (Stack, web URL)."""
     # Empty bucket and queue names are derived again from the new stack name.
-    settings = base.with_(stack=f"bench-{name}-{uuid.uuid4().hex[:8]}", input_bucket="", output_bucket="",
+    # SQS queue names take 80 characters, and a worker's pidbox queue holds the stack name twice.
+    settings = base.with_(stack=f"bench-{name}-{uuid.uuid4().hex[:6]}", input_bucket="", output_bucket="",
                           queue="", control_queue="", web_port=free_port(), flower_port=free_port(),
                           state_dir=tmp / name, **overrides)
     aws.ensure_resources(settings)
@@ -362,10 +374,10 @@ _max_pixels = 0
 def _raw_init(settings: config.Settings, data: list[bytes], barrier) -> None:
     """Pool initializer: load the model like a worker does, warm it up, wait for the others."""
     global _model, _images, _max_pixels
-    from daas.model import Classifier, configure_process
+    from daas.classifier import Classifier, configure_process
 
-    configure_process(settings.torch_threads)
-    _model, _images, _max_pixels = Classifier(settings.model, settings.model_weights, settings.device), data, settings.max_image_pixels
+    configure_process()
+    _model, _images, _max_pixels = Classifier(settings), data, settings.max_image_pixels
     for i in range(min(3, len(data))):  # the first forward passes are slow
         _raw_classify(i)
     barrier.wait(timeout=600)
@@ -510,27 +522,51 @@ def one_upload_mode(url: str, files: list[File], log: Path, count: int = BURST) 
 
 def raw_and_service(base: config.Settings, tmp: Path, name: str, files: list[File], count: int,
                     workers: int, cores: set[int], single: int = 0, burst: int = BURST,
-                    rounds: int = ROUNDS) -> dict:
+                    rounds: int = ROUNDS, compare: bool = False) -> dict:
     """Raw and service in turn, `rounds` times each, with `workers` processes on `cores` (the raw
     processes idle while the workers run, and the other way round); then single, when asked.
-    Each mode reports its median run."""
+    Each mode reports its median run.
+
+    With `compare`, raw runs on every runtime (RAW_RUNTIMES) and "raw" is the fastest of them (the
+    honest limit), and a second stack on PyTorch (the runtime before issue 18) runs its service
+    beside ours. The steps of a round run in one order and the next round's in the reverse (ABBA):
+    this VM's speed drifts by 1.3-1.6× between identical runs."""
     settings = base.with_(scale_max=workers)
+    default = runtimes.resolve(settings)[0]
+    raw_runtimes = RAW_RUNTIMES if compare else (default,)
+    service_runtimes = tuple(dict.fromkeys((default, BEFORE))) if compare else (default,)
     with ExitStack() as context:
-        print(f"{name}: {workers} raw processes and {workers} workers on cores {sorted(cores)}…", flush=True)
+        print(f"{name}: {workers} raw processes per runtime ({', '.join(raw_runtimes)}) and {workers} workers "
+              f"per service ({', '.join(service_runtimes)}) on cores {sorted(cores)}…", flush=True)
+        pools, urls = {}, {}
         with on_cores(cores):
-            pool = context.enter_context(raw_pool(settings, files))
-        running, url = context.enter_context(stack(base, tmp, name, idle_timeout=0, scale_max=workers))
-        with on_cores(cores):
-            start_workers(running, workers)
-        classify_all(url, cycle(files, 2 * workers * settings.images_per_task))  # warm-up: a few tasks each
-        raws, services = [], []
+            for runtime in raw_runtimes:
+                pools[runtime] = context.enter_context(raw_pool(settings.with_(runtime=runtime), files))
+        for runtime in service_runtimes:
+            running, urls[runtime] = context.enter_context(
+                stack(base, tmp, name if runtime == default else f"{name}-pt", idle_timeout=0, scale_max=workers,
+                      runtime=runtime))
+            with on_cores(cores):
+                start_workers(running, workers)
+            classify_all(urls[runtime], cycle(files, 2 * workers * settings.images_per_task))  # warm-up: a few tasks each
+        steps = [("raw", runtime) for runtime in raw_runtimes] + [("service", runtime) for runtime in service_runtimes]
+        runs: dict[tuple[str, str], list[dict]] = {step: [] for step in steps}
         for round_ in range(1, rounds + 1):
-            print(f"{name}: round {round_} of {rounds}: raw, then service, {count} images each…", flush=True)
-            raws.append(raw_run(pool, files, count))
-            services.append(service_run(url, files, count))
-        modes = {"raw": {"processes": workers, **median_run(raws)},
-                 "service": {"workers": workers, **median_run(services)}}
+            order = steps if round_ % 2 else steps[::-1]
+            print(f"{name}: round {round_} of {rounds}: {', '.join(f'{k} ({r})' for k, r in order)}, "
+                  f"{count} images each…", flush=True)
+            for kind, runtime in order:
+                run = raw_run(pools[runtime], files, count) if kind == "raw" else service_run(urls[runtime], files, count)
+                runs[(kind, runtime)].append(run)
+        raws = {runtime: {"processes": workers, "runtime": runtime, **median_run(runs[("raw", runtime)])}
+                for runtime in raw_runtimes}
+        modes = {"raw": max(raws.values(), key=lambda mode: mode["images_per_s"]),
+                 "service": {"workers": workers, "runtime": default, **median_run(runs[("service", default)])}}
+        if compare:
+            modes["raw_runtimes"] = raws
+            modes["service_before"] = {"workers": workers, "runtime": BEFORE, **median_run(runs[("service", BEFORE)])}
         if single:
+            pool, url = pools[modes["raw"]["runtime"]], urls[default]
             print(f"{name}: single, {single} images through /classify and raw…", flush=True)
             modes["raw"]["single"] = raw_single(pool, files, single)
             modes["single"] = single_mode(url, files, single)
@@ -548,28 +584,104 @@ def raw_and_service(base: config.Settings, tmp: Path, name: str, files: list[Fil
 
 BASELINE_SCRIPT = """
 import sys
-from daas import images
-from daas.model import Classifier
-path, model, weights, device, max_pixels = sys.argv[1:]
-classifier = Classifier(model, weights, device)
-image = images.decode(open(path, "rb").read(), int(max_pixels))
+from daas import config, images
+from daas.classifier import Classifier
+classifier = Classifier(config.load())
+image = images.decode(open(sys.argv[1], "rb").read(), config.load().max_image_pixels)
 print(classifier.classify([image])[0].label)
 """
 
 
 def baseline_mode(settings: config.Settings, folder: Path, files: list[File], sample: int) -> dict:
-    """One `python -c` per image, run one after another (torch's default thread count)."""
+    """One `python -c` per image, run one after another, on PyTorch as the original app tier ran
+    (torch's default thread count)."""
+    env = {**os.environ, **config.to_env(settings.with_(runtime=BEFORE, inference_threads=os.cpu_count() or 1))}
     seconds, labels = [], []
     for name, _ in cycle(files, sample):
         started = time.perf_counter()
-        done = subprocess.run([PYTHON, "-c", BASELINE_SCRIPT, str(folder / name), settings.model,
-                               settings.model_weights, settings.device, str(settings.max_image_pixels)],
+        done = subprocess.run([PYTHON, "-c", BASELINE_SCRIPT, str(folder / name)], env=env,
                               capture_output=True, text=True, timeout=300, check=True)
         seconds.append(time.perf_counter() - started)
         labels.append(done.stdout.strip())
     mean = sum(seconds) / len(seconds)
     return {"images": sample, "seconds": [round(s, 3) for s in seconds], "mean_s": round(mean, 3),
             "images_per_s": round(1 / mean, 4), "labels": labels}
+
+
+# -- boot: what a worker process costs to start on each runtime ---------------------------------
+
+BOOT_SCRIPT = """
+import json, re, sys, time
+started = time.perf_counter()
+from daas import config, images
+from daas.classifier import Classifier
+model = Classifier(config.load())
+label = model.classify([images.decode(open(sys.argv[1], "rb").read(), 50_000_000)])[0].label
+status = open("/proc/self/status").read()
+print(json.dumps({"label": label, "seconds": round(time.perf_counter() - started, 3),
+                  "torch_imported": "torch" in sys.modules, "precision": model.runtime.precision,
+                  "resting_rss_mb": round(int(re.search(r"VmRSS:\\s+(\\d+)", status).group(1)) / 1024)}))
+"""
+
+
+def boot(settings: config.Settings, image: Path) -> dict:
+    """A fresh process that loads the model on the settings' runtime (its export already cached) and
+    labels one image, as a worker does at start: seconds, memory, and whether it imported torch."""
+    env = {**os.environ, **config.to_env(settings)}
+    done = subprocess.run([PYTHON, "-c", BOOT_SCRIPT, str(image)], env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def boot_mode(settings: config.Settings, image: Path, rounds: int = 3) -> dict:
+    """Each runtime's boot, `rounds` times in turn (ABBA); the median of each."""
+    found: dict[str, list[dict]] = {runtime: [] for runtime in RAW_RUNTIMES}
+    for round_ in range(rounds):
+        for runtime in (RAW_RUNTIMES if round_ % 2 == 0 else RAW_RUNTIMES[::-1]):
+            found[runtime].append(boot(settings.with_(runtime=runtime), image))
+    return {runtime: {**sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2],
+                      "seconds_runs": [r["seconds"] for r in runs]} for runtime, runs in found.items()}
+
+
+# -- stages: where a worker's CPU goes per image ------------------------------------------------
+
+def stages_mode(settings: config.Settings, files: list[File], repeat: int = 3) -> dict:
+    """Mean ms per image of each stage in this process (one thread), over the distinct images:
+    decode (JPEG at reduced scale, others shrunk), prepare (one resize of the crop region), the
+    preprocessing it replaced (torchvision resize, crop and float normalisation), and the forward
+    pass on each runtime (normalisation included: it is in the graph)."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    from daas import images
+    from daas.classifier import Classifier, prepare
+    from daas.model import LITE_MEAN, LITE_STD
+
+    torch.set_num_threads(settings.inference_threads)
+    mean, std = torch.tensor(LITE_MEAN).view(1, 3, 1, 1), torch.tensor(LITE_STD).view(1, 3, 1, 1)
+
+    def before(image):  # the preprocessing of every release before issue 18
+        tensor = TF.center_crop(TF.resize(TF.pil_to_tensor(image), 256, antialias=True), [224, 224])
+        return ((tensor[None].float().div_(255) - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    def timed(function, inputs) -> float:
+        function(inputs[0])  # warm
+        started = time.perf_counter()
+        for _ in range(repeat):
+            for item in inputs:
+                function(item)
+        return round((time.perf_counter() - started) * 1000 / (repeat * len(inputs)), 2)
+
+    data = [d for _, d in files]
+    decoded = [images.decode(d, settings.max_image_pixels, draft_size=images.WORKER_DRAFT_SIZE) for d in data]
+    pixels = [prepare(image)[None] for image in decoded]
+    stages = {"decode": timed(lambda d: images.decode(d, settings.max_image_pixels, draft_size=images.WORKER_DRAFT_SIZE), data),
+              "prepare": timed(prepare, decoded),
+              "prepare_before": timed(before, decoded)}
+    for runtime in RAW_RUNTIMES:
+        forward = Classifier(settings.with_(runtime=runtime)).runtime.forward
+        stages[f"forward_{runtime}"] = timed(forward, pixels)
+    return stages
 
 
 # -- cold: from zero workers, the autoscaler starts them ----------------------------------------
@@ -604,6 +716,7 @@ def ratios(modes: dict) -> dict[str, float]:
     return {
         "service / raw": service_over_raw(modes),
         "service / baseline": round(modes["service"]["images_per_s"] / modes["baseline"]["images_per_s"], 1),
+        "service / PyTorch service": round(modes["service"]["images_per_s"] / modes["service_before"]["images_per_s"], 2),
         "single − raw (p50)": round(modes["single"]["latency_ms"]["p50"]
                                     - modes["raw"]["single"]["latency_ms"]["p50"], 1),
         "cold 30 images": modes["cold"]["seconds"],
@@ -638,11 +751,22 @@ def run_all(out: Path, count: int = 120, *, workers: int | None = None, single: 
         with local_aws(tmp) as base:
             report = {"machine": machine(base), "settings": {
                 "workers": workers, "front_cores": sorted(front), "worker_cores": sorted(back),
-                "torch_threads": base.torch_threads, "events": base.events,
+                "inference_threads": base.inference_threads, "events": base.events,
+                "runtime": runtimes.resolve(base)[0], "precision": base.precision,
                 "prefetch_multiplier": base.prefetch_multiplier, "batch": BATCH, "poll_s": POLL_S,
                 "cold": {"workers_max": base.scale_max, "scale_interval_s": 1.0, "idle_timeout_s": ELASTIC_IDLE_S},
                 "images": count, "distinct_images": [{"name": n, "bytes": len(d)} for n, d in files]}}
-            modes = raw_and_service(base, tmp, "service", files, count, workers, back, single, burst, rounds)
+            print("export: the model to ONNX for OpenVINO and ONNX Runtime, once…", flush=True)
+            started = time.perf_counter()
+            export.onnx_file(base)
+            export_s = round(time.perf_counter() - started, 2)
+            with on_cores(back):
+                print("stages and boot: per-image stages and a worker's start on each runtime…", flush=True)
+                stages = stages_mode(base, files)
+                boots = boot_mode(base, tmp / "images" / files[0][0])
+            modes = raw_and_service(base, tmp, "service", files, count, workers, back, single, burst, rounds,
+                                    compare=True)
+            modes["stages"], modes["boot"], modes["export_s"] = stages, boots, export_s
             modes["colocated"] = raw_and_service(base, tmp, "colocated", files, count, workers, everywhere,
                                                  rounds=rounds)
             with on_cores(everywhere):
@@ -678,18 +802,22 @@ def format_report(report: dict) -> str:
     stages = ", ".join(f"{k} {v:.0f}" for k, v in service["stages_mean_ms"].items())
     worker_cores = f"worker core(s) {','.join(map(str, s['worker_cores']))}"
     lines = [
-        (f"{m['cpu']} ({m['cores']} cores), torch {m['torch']} × {m['torch_threads']} thread(s) per process, "
-         f"celery {m['celery']}, kombu {m['kombu']}"),
+        (f"{m['cpu']} ({m['cores']} cores), {m['inference_threads']} inference thread(s) per process, "
+         f"service runtime {s['runtime']} (precision {s['precision']}), "
+         + ", ".join(f"{name} {m[name]}" for name in ("openvino", "onnxruntime", "torch", "celery", "kombu"))),
         (f"{s['images']} images ({len(s['distinct_images'])} distinct), {s['workers']} worker processes on "
          f"{worker_cores}; AWS endpoint, web tier and client on core(s) {','.join(map(str, s['front_cores']))}"),
         "",
         _row("mode", "images/s", "p50 ms", "p95 ms"),
-        _row(f"raw: model alone, {raw['processes']} processes", f"{raw['images_per_s']:.2f}",
-             *_ms(raw["busy_ms_per_image"])),
+        *(_row(f"raw on {name}: model alone, {mode['processes']} processes", f"{mode['images_per_s']:.2f}",
+               *_ms(mode["busy_ms_per_image"]), "  (the fastest: raw)" if mode is raw else "")
+          for name, mode in modes["raw_runtimes"].items()),
         _row("raw: one image at a time", "", *_ms(raw["single"]["latency_ms"])),
         _row(f"service: API, {service['workers']} warm workers", f"{service['images_per_s']:.2f}",
              *_ms(service["latency_ms"]), f"  (end to end {service['end_to_end_images_per_s']:.2f}/s, "
                                           f"first label {service['first_label_s']:.2f} s)"),
+        _row(f"service on {modes['service_before']['runtime']} (before issue 18)",
+             f"{modes['service_before']['images_per_s']:.2f}", *_ms(modes["service_before"]["latency_ms"])),
         _row("single: POST /classify, one at a time", "", *_ms(single["latency_ms"])),
         _row(f"burst: {modes['burst']['images']} concurrent POST /classify", f"{modes['burst']['images_per_s']:.2f}",
              *_ms(modes["burst"]["latency_ms"]), f"  ({modes['burst']['aws_requests']['per_image']} AWS calls/image)"),
@@ -704,12 +832,18 @@ def format_report(report: dict) -> str:
         _row(f"cold: {cold['images']} images from zero workers", f"{cold['images_per_s']:.2f}", "", "",
              f"  ({cold['seconds']:.1f} s, first label {cold['first_label_s']:.1f} s)"),
         f"service stages, mean ms per image: {stages}",
-        (f"runs in turn (images/s; the medians above): raw {_runs(raw)}, service {_runs(service)}; "
+        "stages in one process, mean ms per image: " + ", ".join(f"{k} {v:g}" for k, v in modes["stages"].items()),
+        "worker start (load the model, label one image; median): " + ", ".join(
+            f"{name} {b['seconds']:.2f} s, {b['resting_rss_mb']} MB{' (imports torch)' if b['torch_imported'] else ''}"
+            for name, b in modes["boot"].items()) + f"; the export, once: {modes['export_s']:.1f} s",
+        ("runs in turn (images/s; the medians above): "
+         + ", ".join(f"raw {name} {_runs(mode)}" for name, mode in modes["raw_runtimes"].items())
+         + f", service {_runs(service)}, service {modes['service_before']['runtime']} {_runs(modes['service_before'])}; "
          f"colocated raw {_runs(colocated['raw'])}, service {_runs(colocated['service'])}"),
         "",
         f"{'figure':<46}{'value':>11}  {'target':<12}",
     ]
-    units = {"service / raw": "×", "service / baseline": "×", "single − raw (p50)": " ms", "cold 30 images": " s",
+    units = {"service / raw": "×", "service / baseline": "×", "service / PyTorch service": "×", "single − raw (p50)": " ms", "cold 30 images": " s",
              "service / raw, colocated": "×", "burst / one upload": "×", "burst AWS calls per image beyond the upload's": ""}
     checks = {check["name"]: check for check in report["targets"]}
     for name, value in report["ratios"].items():
@@ -728,14 +862,16 @@ def plot_bench(report: dict, path: Path) -> None:
     modes = report["modes"]
     fig, (rate_ax, latency_ax) = plt.subplots(1, 2, figsize=(15, 4.8), width_ratios=(4, 2))
     colocated = modes["colocated"]
-    names = [f"raw\n{modes['raw']['processes']} processes", f"service\n{modes['service']['workers']} workers",
+    names = [f"raw\n{modes['raw']['runtime']}", f"service\n{modes['service']['runtime']}",
+             f"service\n{modes['service_before']['runtime']}",
              f"burst\n{modes['burst']['images']} ×\n/classify", f"one upload\n{modes['one_upload']['images']}\nimages",
              "raw\ncolocated", "service\ncolocated", f"cold\n{modes['cold']['images']} from 0",
              "baseline\n1 process\nper image"]
-    rates = [modes["raw"]["images_per_s"], modes["service"]["images_per_s"], modes["burst"]["images_per_s"],
+    rates = [modes["raw"]["images_per_s"], modes["service"]["images_per_s"], modes["service_before"]["images_per_s"],
+             modes["burst"]["images_per_s"],
              modes["one_upload"]["images_per_s"], colocated["raw"]["images_per_s"],
              colocated["service"]["images_per_s"], modes["cold"]["images_per_s"], modes["baseline"]["images_per_s"]]
-    bars = rate_ax.bar(names, rates, color=["tab:gray", "tab:blue", "tab:purple", "plum", "silver", "lightsteelblue",
+    bars = rate_ax.bar(names, rates, color=["tab:gray", "tab:blue", "tab:orange", "tab:purple", "plum", "silver", "lightsteelblue",
                                             "tab:cyan", "tab:red"])
     rate_ax.bar_label(bars, fmt="%.2f")
     rate_ax.set_ylabel("images / s")
@@ -755,7 +891,7 @@ def plot_bench(report: dict, path: Path) -> None:
     latency_ax.set_title("latency percentiles")
     latency_ax.legend()
     m = report["machine"]
-    fig.suptitle(f"daas bench: {m['cpu']}, {m['cores']} cores, torch {m['torch']}", fontsize=10)
+    fig.suptitle(f"daas bench: {m['cpu']}, {m['cores']} cores, runtime {report['settings']['runtime']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -771,7 +907,7 @@ def run_scaling(out: Path, sizes: tuple[int, ...] = (10, 30, 100), plot_size: in
         with local_aws(tmp) as base:
             report = {"machine": machine(base), "settings": {
                 "elastic": {"min": 0, "max": base.scale_max, "scale_interval_s": 1.0, "idle_timeout_s": ELASTIC_IDLE_S},
-                "fixed_workers": 1, "torch_threads": base.torch_threads, "events": base.events,
+                "fixed_workers": 1, "inference_threads": base.inference_threads, "events": base.events,
                 "batch": BATCH, "poll_s": POLL_S}}
             elastic, records = {}, []
             with elastic_stack(base, tmp, "elastic") as (running, url):
@@ -802,7 +938,7 @@ def run_scaling(out: Path, sizes: tuple[int, ...] = (10, 30, 100), plot_size: in
 
 def format_scaling(report: dict) -> str:
     m, s = report["machine"], report["settings"]
-    lines = [f"{m['cpu']} ({m['cores']} cores), torch {m['torch']} × {m['torch_threads']} thread(s) per worker",
+    lines = [f"{m['cpu']} ({m['cores']} cores), {m['inference_threads']} inference thread(s) per worker",
              "",
              (f"{'images':>7}  {'elastic 0→' + str(s['elastic']['max']) + ' workers':>22}"
               f"  {'fixed: 1 warm worker':>22}  {'peak workers':>12}")]

@@ -429,12 +429,13 @@ def bad_images(max_bytes: int) -> list[tuple[str, bytes]]:
             ("cut.jpg", buffer.getvalue()[:1500])]
 
 
-def workload(folder: Path) -> list[tuple[str, bytes, str]]:
-    """The bench's varied images, each with the label the model alone gives it."""
+def workload(folder: Path, state: Path) -> list[tuple[str, bytes, str]]:
+    """The bench's varied images, each with the label the model alone gives it (on the runtime the
+    workers will use; its export is made here, in the stack's state folder `state`)."""
+    from daas.classifier import Classifier
     from daas.images import WORKER_DRAFT_SIZE, decode
-    from daas.model import Classifier
 
-    files, model = build_images(folder), Classifier()
+    files, model = build_images(folder), Classifier(config.load({**os.environ, "DAAS_STATE_DIR": str(state)}))
     labels = [model.classify([decode(data, 50_000_000, WORKER_DRAFT_SIZE)])[0].label for _, data in files]
     return [(name, data, label) for (name, data), label in zip(files, labels)]
 
@@ -582,7 +583,7 @@ def plot(report: dict, path: Path) -> None:
 def run(out: Path, minutes: float = 30.0) -> dict:
     """Run the soak for `minutes`, then wait for every image; returns (and writes) the report."""
     with workspace() as tmp:
-        files = workload(tmp / "images")
+        files = workload(tmp / "images", tmp / "state")
         soak = Soak(minutes, tmp)
         print(f"soak: {minutes:g} minutes of bursts, uploads, faults and idle gaps, one line per cycle", flush=True)
         soak.start()
