@@ -162,3 +162,17 @@ def test_labels_file_is_torchvisions_list():
     from torchvision.models import ResNet18_Weights
 
     assert imagenet_labels() == list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def test_export_command_makes_the_file_the_ami_bakes_in(tmp_path):
+    """`python -m daas export`, as Packer runs it: the export is made, loaded and run once."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DAAS_MODEL_CACHE": str(tmp_path / "models"), "DAAS_STATE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "daas", "export"], env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+    made = list((tmp_path / "models").glob("efficientnet_lite0-*.onnx"))
+    assert len(made) == 1 and str(made[0]) in done.stdout and "loads on openvino" in done.stdout
+    assert "exporting efficientnet_lite0 to ONNX once" in done.stderr
