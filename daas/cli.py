@@ -109,6 +109,9 @@ def cmd_init(_args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
+    from daas.serving import prepare_metrics_folder
+
+    prepare_metrics_folder(config.load())  # before anything imports prometheus_client
     from daas import aws
     from daas.parameters import with_secrets
     from daas.serving import limit_malloc_arenas, serve

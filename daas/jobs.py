@@ -74,13 +74,14 @@ def check(settings: Settings, uploads: list[Upload]) -> tuple[list, list]:
 
 
 def submit(settings: Settings, uploads: list[Upload], owner: str = "") -> dict:
-    """Store and enqueue the images of one request. Images failing the edge checks get an error
-    result at once, unless all fail: then the request is rejected with the reasons. Images that
-    could not be queued get an error result too; if none could be, Rejected (503)."""
+    """Store and enqueue the images of one request: the job, with how many images were queued.
+    Images failing the edge checks get an error result at once, unless all fail: then the request is
+    rejected with the reasons. Images that could not be queued get an error result too; if none
+    could be, Rejected (503)."""
     job, keys, errors = enqueue(settings, *check(settings, uploads), owner=owner)
     if errors and not keys:
         raise Rejected("; ".join(sorted(set(errors.values()))), 503)
-    return job
+    return {**job, "queued": len(keys)}
 
 
 def not_queued(reason: str) -> str:

@@ -192,6 +192,10 @@ class Replies:
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("dropping an unreadable reply: %r", exc)
         cache.put_many(dict(replies))
+        from daas import metrics  # the web tier's counts; workers import this module too, and need none
+
+        for _, results in replies:
+            metrics.observe_results(results)
         with self.lock:
             for key, _ in replies:
                 for event in self.waiters.get(key, ()):

@@ -11,9 +11,13 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import shutil
+from pathlib import Path
 from typing import Callable
 
 from gunicorn.app.base import BaseApplication
+
+from daas import config
 
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'  # client, request line, status, bytes, duration
 # The local AWS endpoint's lines also name the SQS/SNS operation (JSON protocol: a header) and the
@@ -110,3 +114,15 @@ def serve(app: Callable, host: str, port: int, *, workers: int, threads: int, ti
     if warm_up:
         options["post_worker_init"] = lambda worker: warm_up()
     _Server(read_timeout(app, timeout), options).run()
+
+
+def prepare_metrics_folder(settings: config.Settings) -> Path:
+    """The folder the web tier's processes count their metrics into (prometheus_client's
+    multiprocess mode, see daas.metrics), emptied: a restarted web tier starts its counters from
+    zero, as Prometheus expects of a restarted target. Named in the environment, so it must run
+    before prometheus_client is first imported in this process."""
+    folder = settings.state_dir / "metrics" / f"web-{settings.web_port}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder

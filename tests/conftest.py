@@ -1,6 +1,7 @@
 """Fixtures that run the real service on loopback: a moto server over HTTP, workers, web, controller."""
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
@@ -19,10 +20,16 @@ def skimage_photo(name: str) -> bytes:
     return (Path(skimage.__file__).parent / "data" / name).read_bytes()
 
 
+# The session's model cache. An environment variable, not a module global: test modules import this
+# file as tests.conftest, a second module beside the one pytest loaded.
+MODEL_CACHE_VAR = "DAAS_TESTS_MODEL_CACHE"
+
+
 @pytest.fixture(scope="session")
 def local_aws(tmp_path_factory):
     """One local AWS endpoint (moto in server mode) for the session; tests isolate by stack name."""
     base = config.Settings(aws_port=free_port(), state_dir=tmp_path_factory.mktemp("aws"))
+    os.environ[MODEL_CACHE_VAR] = base.model_cache
     stack = Stack(base, log_dir=base.state_dir / "logs")
     stack.start_local_aws()
     yield stack.settings.aws_endpoint
@@ -31,10 +38,12 @@ def local_aws(tmp_path_factory):
 
 
 def make_settings(local_aws: str, tmp: Path, **overrides) -> config.Settings:
-    """Settings of a fresh, isolated stack (own buckets and queues) on the shared endpoint."""
+    """Settings of a fresh, isolated stack (own buckets and queues) on the shared endpoint. Stacks
+    share the session's model cache, as the workers of one AMI share its export: the first worker
+    of the session exports the model, the others find it."""
     values = dict(aws_endpoint=local_aws, aws_port=int(local_aws.rsplit(":", 1)[1]),
                   stack=f"t{uuid.uuid4().hex[:10]}", web_port=free_port(), flower_port=free_port(),
-                  state_dir=tmp, idle_timeout=0)
+                  state_dir=tmp, idle_timeout=0, model_cache=os.environ.get(MODEL_CACHE_VAR, ""))
     settings = config.Settings(**{**values, **overrides})
     aws.ensure_resources(settings)
     return settings

@@ -125,6 +125,27 @@ def test_the_stack_holds_what_the_processes_expect_and_init_changes_nothing(depl
         assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
 
 
+def test_the_alarms_watch_the_queue_the_dead_letters_and_the_balancer(deployed):
+    """What an operator is paged for (issue 20): the oldest waiting image, dead letters, web 5xx,
+    each notifying the stack's alarm topic. moto's CloudFormation skips CloudWatch alarms (README
+    lists them among what only AWS checks): read them from the template; the topic is deployed."""
+    from cfnlint.decode import decode
+
+    settings, name, _, _ = deployed
+    resources = decode(str(TEMPLATE))[0]["Resources"]
+    alarms = {key: value["Properties"] for key, value in resources.items() if value["Type"] == "AWS::CloudWatch::Alarm"}
+    assert set(alarms) == {"OldestMessageAlarm", "DeadLetterAlarm", "Web5xxAlarm"}
+    assert all(alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}] for alarm in alarms.values())
+    queues = {key: alarm["Dimensions"][0]["Value"] for key, alarm in alarms.items() if "Dimensions" in alarm}
+    assert queues == {"OldestMessageAlarm": {"Fn::GetAtt": ["ClassifyQueue", "QueueName"]},
+                      "DeadLetterAlarm": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}
+    assert alarms["OldestMessageAlarm"]["MetricName"] == "ApproximateAgeOfOldestMessage"
+    balancer = [m["MetricStat"]["Metric"] for m in alarms["Web5xxAlarm"]["Metrics"] if "MetricStat" in m]
+    assert {m["MetricName"] for m in balancer} == {"HTTPCode_Target_5XX_Count", "RequestCount"}
+    topic = deploy.stack_outputs(settings, name)["AlarmTopicArn"]
+    assert topic.endswith(f":{name}-alarms")
+
+
 def test_buckets_block_public_access_and_expire_images_and_results_never_heartbeats():
     """moto accepts lifecycle rules and public access blocks but keeps neither (README lists them
     among what only AWS checks): read them from the template."""

@@ -6,7 +6,7 @@ from pathlib import PurePath
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
-from daas import aws, jobs, replies
+from daas import aws, jobs, metrics, replies
 from web import auth
 from daas.config import Settings
 
@@ -75,6 +75,7 @@ def create_job():
         job = jobs.submit(settings(), read_uploads("images"), auth.owner())
     except jobs.Rejected as exc:
         return json_error(str(exc), exc.status)
+    metrics.images_accepted.inc(job["queued"])
     response = jsonify(job)
     response.headers["Location"] = url_for("service.get_job", job_id=job["job_id"])
     return response, 202
@@ -119,6 +120,7 @@ def classify_sync():
         job_id, image, result = jobs.classify_one(settings(), uploads[0], auth.client_id(), auth.owner())
     except jobs.Rejected as exc:
         return text(f"{jobs.display_name(uploads[0].name)}: {exc}", exc.status)
+    metrics.images_accepted.inc()  # counted once answered: it was queued, or Rejected above
     stem = PurePath(image["name"]).stem
     if result is None:
         where = url_for("service.get_image", job_id=job_id, image_id=image["id"])

@@ -1,0 +1,86 @@
+"""Prometheus metrics of the web tier (`GET /metrics`), safe under gunicorn's worker processes.
+
+Each gunicorn worker process counts into files of its own in a folder named by
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode); `/metrics` adds them up, so the
+answer is the same whichever process serves it. daas.serving.prepare_metrics_folder makes and empties
+that folder before this module (and prometheus_client) is first imported: `daas web` calls it first.
+The web tier sees every image's result (the worker sends each chunk's results to the reply queue of
+the web process that submitted it, daas.replies): that is where the classified counts and the
+per-stage histograms come from. Queue depth and workers come from the autoscaler's latest tick
+(daas.health), read at most every TICK_CACHE_S seconds.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from daas import config, health
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
+TICK_CACHE_S = 5.0
+# Seconds: a forward pass on CPU is a few ms, a fetch from S3 tens of ms, a decode up to a second.
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+requests_total = Counter("daas_http_requests", "HTTP requests answered, by route, method and status",
+                         ["route", "method", "status"])
+images_accepted = Counter("daas_images_accepted", "images accepted for classification (queued)")
+images_classified = Counter("daas_images_classified", "images with a result, by outcome (done: a label; "
+                            "error: a per-image error such as a damaged file)", ["outcome"])
+image_stage_seconds = Histogram("daas_image_stage_seconds", "seconds per image in each stage of a worker "
+                                "(fetch from S3, decode, forward pass), from each result's timings",
+                                ["stage"], buckets=STAGE_BUCKETS)
+
+
+def observe_results(results: list[dict]) -> None:
+    """Count a chunk's results and their stage timings (a worker's timings_ms)."""
+    for result in results:
+        images_classified.labels(outcome="done" if result.get("status") == "done" else "error").inc()
+        for stage, ms in (result.get("timings_ms") or {}).items():
+            image_stage_seconds.labels(stage=stage).observe(ms / 1000)
+
+
+class TickCollector:
+    """Gauges from the autoscaler's latest tick: queue depth, workers, a refused launch."""
+
+    def __init__(self, settings: config.Settings):
+        self.settings, self.read_at, self.tick = settings, 0.0, None
+
+    def latest(self) -> dict | None:
+        if time.monotonic() - self.read_at > TICK_CACHE_S:
+            self.tick, self.read_at = health.read(self.settings, health.TICK), time.monotonic()
+        return self.tick
+
+    def collect(self):
+        tick = self.latest()
+        if tick is None:  # no controller yet: no gauges rather than zeros that would look measured
+            return
+        queue = GaugeMetricFamily("daas_queue_messages", "classify queue messages (tasks), by state",
+                                  labels=["state"])
+        for state, value in tick["queue"].items():
+            queue.add_metric([state], value)
+        workers = GaugeMetricFamily("daas_workers", "workers, by state", labels=["state"])
+        for state, value in tick["workers"].items():
+            workers.add_metric([state], value)
+        yield queue
+        yield workers
+        yield GaugeMetricFamily("daas_launch_refused", "1 when the latest launch was refused by the provider",
+                                value=1 if tick.get("refused") else 0)
+        yield GaugeMetricFamily("daas_autoscaler_tick_age_seconds", "seconds since the autoscaler's latest tick",
+                                value=max(0.0, time.time() - tick["t"]))
+
+
+def exposition(collector: TickCollector) -> tuple[bytes, str]:
+    """The text format of every process's metrics (multiprocess mode when set up) and the tick's."""
+    registry = CollectorRegistry()
+    if os.environ.get(ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:  # one process (Flask's test client, a development server): this process's own metrics
+        for metric in (requests_total, images_accepted, images_classified, image_stage_seconds):
+            registry.register(metric)
+    registry.register(collector)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

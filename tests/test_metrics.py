@@ -1,0 +1,68 @@
+"""`GET /metrics` of a running web tier (two gunicorn processes): parsed by prometheus_client's own
+parser, with its counters moving as images flow through a worker (issue 20)."""
+from __future__ import annotations
+
+import io
+
+import requests
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from daas.stack import Stack
+from tests.conftest import make_settings, skimage_photo, wait_for
+
+
+def scrape(url: str, **kwargs) -> dict[tuple, float]:
+    """{(sample name, sorted labels): value} of one scrape."""
+    response = requests.get(f"{url}/metrics", timeout=10, **kwargs)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text) for sample in family.samples}
+
+
+def moved(before: dict, after: dict, name: str, **labels) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def damaged_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((400, 400), 60).convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()[:1500]  # a readable header, then nothing: the worker's decode fails
+
+
+def test_metrics_count_requests_images_and_stages_across_the_web_processes(local_aws, tmp_path):
+    settings = make_settings(local_aws, tmp_path, web_workers=2, scale_interval=1.0, scale_max=1)
+    with Stack(settings, log_dir=tmp_path / "logs") as stack:
+        url = stack.start_web()
+        stack.start_worker()
+        stack.start_controller()
+        before = scrape(url)
+        files = [("images", (f"coffee{i}.png", skimage_photo("coffee.png"))) for i in range(5)]
+        files.append(("images", ("cut.jpg", damaged_jpeg())))
+        job = requests.post(f"{url}/api/jobs", files=files, timeout=60).json()
+        assert job["queued"] == 6
+
+        def counted() -> dict | None:
+            after = scrape(url)
+            return after if moved(before, after, "daas_images_classified_total", outcome="error") == 1 and \
+                moved(before, after, "daas_images_classified_total", outcome="done") == 5 else None
+
+        after = wait_for(counted, 120, "the six results counted in /metrics")
+        assert moved(before, after, "daas_images_accepted_total") == 6
+        for stage in ("fetch", "decode", "forward"):  # the five labelled images' worker timings
+            assert moved(before, after, "daas_image_stage_seconds_count", stage=stage) == 5
+            assert moved(before, after, "daas_image_stage_seconds_sum", stage=stage) > 0
+        assert moved(before, after, "daas_http_requests_total", route="/api/jobs", method="POST", status="202") == 1
+        assert moved(before, after, "daas_http_requests_total", route="/metrics", method="GET", status="200") >= 1
+
+        # The autoscaler's latest tick (read at most every 5 s): the worker it counts, the queue drained
+        def drained() -> dict | None:
+            scraped = scrape(url)
+            return scraped if (scraped.get(("daas_workers", (("state", "running"),))) == 1
+                               and scraped.get(("daas_queue_messages", (("state", "visible"),))) == 0) else None
+
+        ticked = wait_for(drained, 60, "the tick's gauges")
+        assert ticked[("daas_launch_refused", ())] == 0
+        assert 0 <= ticked[("daas_autoscaler_tick_age_seconds", ())] < 60
