@@ -1,8 +1,8 @@
 """The classifier the workers use: preprocessing, a runtime's forward pass, ImageNet labels.
 
-No torch here: on the OpenVINO and ONNX Runtime runtimes a worker never imports it (measured on this
-2-vCPU VM: a worker's model ready and first image labelled in 0.6 s and 173 MB resident, against
-3.1 s and 722 MB with torch; see README, Inference runtime).
+No torch here: on the OpenVINO and ONNX Runtime runtimes a worker never imports it (`make bench`,
+boot: a worker's model ready and first image labelled in 0.49 s and 158 MB resident on OpenVINO,
+against 1.15 s and 579 MB on PyTorch; see README, Inference runtime).
 """
 from __future__ import annotations
 

