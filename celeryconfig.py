@@ -20,6 +20,8 @@ task_routes = {
     "daas.scale": {"queue": _settings.control_queue},
     "daas.reap_dead_letters": {"queue": _settings.control_queue},
     "daas.housekeeping": {"queue": _settings.control_queue},
+    "daas.classify_objects": {"queue": _settings.queue},
+    "daas.batch_tick": {"queue": _settings.control_queue},
 }
 _reap_interval = max(_settings.scale_interval, 10.0)
 beat_schedule = {  # each tick expires when the next is due: a backlog of ticks is never worked off
@@ -27,6 +29,8 @@ beat_schedule = {  # each tick expires when the next is due: a backlog of ticks 
               "options": {"expires": _settings.scale_interval}},
     "housekeeping": {"task": "daas.housekeeping", "schedule": _settings.sweep_interval,
                      "options": {"expires": _settings.sweep_interval}},
+    "batches": {"task": "daas.batch_tick", "schedule": _settings.batch_interval,
+                "options": {"expires": _settings.batch_interval}},
     "reap-dead-letters": {"task": "daas.reap_dead_letters", "schedule": _reap_interval,
                           "options": {"expires": _reap_interval}},
 }

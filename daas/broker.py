@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from urllib.parse import urlsplit
 
 from kombu.transport.SQS import CHARS_REPLACE_TABLE
@@ -73,3 +74,37 @@ def transport_options(settings: Settings) -> dict:
         "daas_topics": fanout_topics(settings),
         "daas_account": settings.account_id,
     }
+
+
+SEND_BATCH = 10  # SQS's most messages per SendMessageBatch
+
+
+def send_tasks(settings: Settings, task: str, calls: list[list], queue: str) -> None:
+    """Send one Celery task message per argument list in `calls` to `queue`, ten to a
+    SendMessageBatch call, each encoded exactly as kombu's SQS transport encodes what
+    `apply_async` sends (the workers consume them as any other task). A batch's lister sends
+    thousands of chunks: one SendMessage each would be ten times the calls. Raises on the first
+    message SQS refuses (the caller resumes from its last checkpoint)."""
+    from kombu.asynchronous.aws.sqs.message import AsyncMessage
+    from kombu.serialization import dumps as serialize
+    from kombu.utils.json import dumps
+
+    from daas.celery_app import app
+
+    url = aws.queue_url(settings, queue)
+    with app.producer_or_acquire() as producer:
+        channel = producer.channel
+        bodies = []
+        for args in calls:
+            message = app.amqp.as_task_v2(str(uuid.uuid4()), task, args=args)
+            content_type, encoding, body = serialize(message.body, "json")
+            prepared = channel.prepare_message(body, None, content_type, encoding, message.headers,
+                                               {**message.properties, "delivery_mode": 2})
+            channel._inplace_augment_message(prepared, "", queue)
+            bodies.append(AsyncMessage().encode(dumps(prepared)) if channel.sqs_base64_encoding else dumps(prepared))
+    sqs = aws.client("sqs", settings)
+    for start in range(0, len(bodies), SEND_BATCH):
+        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies[start:start + SEND_BATCH])]
+        failed = sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed", [])
+        if failed:
+            raise RuntimeError(f"SQS refused {len(failed)} of {len(entries)} messages: {failed[0].get('Message')}")

@@ -207,6 +207,42 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Classify every image under an S3 prefix (daas.batches), following it with a progress bar."""
+    from daas.client import ServiceClient, ServiceError
+
+    client = ServiceClient(args.url, key=args.key)
+    try:
+        if args.cancel:
+            batch = client.cancel_batch(args.cancel)
+            print(f"batch {batch['batch_id']}: {batch['status']} ({batch['done']} labelled, {batch['errors']} errors)")
+            return 0
+        if not args.source:
+            raise SystemExit("name the source (s3://bucket/prefix/), or --cancel BATCH_ID")
+        request = {"source": args.source, "include": args.include, "exclude": args.exclude, "dry_run": args.dry_run,
+                   **({"output": args.output} if args.output else {}),
+                   **({"callback_url": args.callback_url} if args.callback_url else {})}
+        created = client.create_batch(request)
+        if args.dry_run:
+            print(f"{created['count']} images, {created['bytes'] / 1e6:.1f} MB would be classified")
+            return 0
+        print(f"batch {created['batch_id']}: results to {created['output']}", file=sys.stderr)
+        if args.no_wait:
+            print(created["batch_id"])
+            return 0
+        try:
+            batch = client.follow_batch(created["batch_id"])
+        except KeyboardInterrupt:  # the batch goes on: only the following stops
+            print(f"\nstopped following; the batch goes on (cancel: python -m daas batch --cancel "
+                  f"{created['batch_id']})", file=sys.stderr)
+            return 130
+    except ServiceError as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"batch {batch['batch_id']} {batch['status']}: {batch['done']} labelled, {batch['errors']} errors, "
+          f"{batch['images_per_second']} images/s; results in {batch['output']}")
+    return 1 if batch["errors"] or batch["status"] != "done" else 0
+
+
 def cmd_timeline(args: argparse.Namespace) -> int:
     from daas import timeline
 
@@ -282,6 +318,19 @@ def parser() -> argparse.ArgumentParser:
     classify.add_argument("--timeout", type=float, default=600, help="seconds to wait for all labels")
     classify.set_defaults(func=cmd_classify)
 
+    batch = sub.add_parser("batch", help="classify every image under an S3 prefix, results as JSON Lines in S3")
+    batch.add_argument("source", nargs="?", help="s3://bucket/prefix/ (a bucket in DAAS_BATCH_SOURCES, or the input bucket)")
+    batch.add_argument("--output", help="s3://<output bucket>/<prefix>/ (default: s3://<output bucket>/batch-results/)")
+    batch.add_argument("--include", default="*", help="glob of the keys below the prefix to classify (default: *)")
+    batch.add_argument("--exclude", default="", help="glob of keys to leave out")
+    batch.add_argument("--dry-run", action="store_true", help="only count the images and bytes it would classify")
+    batch.add_argument("--callback-url", help="POSTed the batch's summary when it ends (signed: see README)")
+    batch.add_argument("--no-wait", action="store_true", help="print the batch id and return")
+    batch.add_argument("--cancel", metavar="BATCH_ID", help="cancel a batch: chunks not yet started are skipped")
+    batch.add_argument("--url", default=f"http://{settings.host}:{settings.web_port}")
+    batch.add_argument("--key", default=settings.api_key, help="API key (default: $DAAS_API_KEY)")
+    batch.set_defaults(func=cmd_batch)
+
     tl = sub.add_parser("timeline", help="the autoscaler's decisions; --plot draws them")
     tl.add_argument("--plot", help="write a PNG plot of queue depth and workers over time")
     tl.add_argument("--last", type=int, default=20)
@@ -298,6 +347,8 @@ def parser() -> argparse.ArgumentParser:
     dep.add_argument("--web-hosts", type=int, default=2)
     dep.add_argument("--scale-max", type=int, default=20, help="most worker instances at once")
     dep.add_argument("--instance-type", default="c7i.large", help="worker instance type")
+    dep.add_argument("--batch-source", default="", help="a bucket of yours that batch jobs may read (workers get "
+                     "read access to it only; default: $DAAS_BATCH_SOURCES)")
     dep.add_argument("--check", action="store_true", help="read-only: say what would make a deploy fail")
     dep.set_defaults(func=cmd_deploy)
     destroy = sub.add_parser("destroy", help="delete the stack and everything of it (asks first)")

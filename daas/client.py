@@ -37,6 +37,35 @@ class ServiceClient:
         self._check(response, 200, f"job {job_id} unavailable")
         return response.json()
 
+    def create_batch(self, request: dict) -> dict:
+        """A batch over an S3 prefix (202), or a dry run's count and bytes (200)."""
+        response = self.http.post(f"{self.url}/api/batches", json=request, timeout=600)
+        self._check(response, 200 if request.get("dry_run") else 202, "batch refused")
+        return response.json()
+
+    def batch(self, batch_id: str) -> dict:
+        response = self.http.get(f"{self.url}/api/batches/{batch_id}", timeout=60)
+        self._check(response, 200, f"batch {batch_id} unavailable")
+        return response.json()
+
+    def cancel_batch(self, batch_id: str) -> dict:
+        response = self.http.delete(f"{self.url}/api/batches/{batch_id}", timeout=60)
+        self._check(response, 200, f"batch {batch_id} could not be cancelled")
+        return response.json()
+
+    def follow_batch(self, batch_id: str, every: float = 1.0) -> dict:
+        """Poll a batch until it ends, with a progress bar (images finished of those enqueued so far)."""
+        with tqdm(unit="img", desc="batch", disable=None) as bar:
+            while True:
+                batch = self.batch(batch_id)
+                bar.total = batch["enqueued"] if batch["status"] != "listing" else None
+                bar.n = batch["done"] + batch["errors"]
+                bar.set_postfix(status=batch["status"], errors=batch["errors"], listed=batch["listed"])
+                if batch["status"] in ("done", "cancelled"):
+                    bar.refresh()
+                    return batch
+                time.sleep(every)
+
     def _check(self, response: requests.Response, expected: int, what: str) -> None:
         if response.status_code == expected:
             return

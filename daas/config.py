@@ -89,6 +89,18 @@ class Settings:
     # this often (one TagQueue per queue); housekeeping deletes those not renewed for
     # MISSED_RENEWALS intervals (5 minutes by default: Flower stopped for 2 minutes keeps its queue).
     queue_lease_interval: float = 60.0
+    # Batch jobs over images already in S3 (daas.batches): the buckets a batch may read besides the
+    # input bucket (comma-separated names; on AWS the deploy grants the workers read access to
+    # exactly these), and how often the controller lists, enqueues and finishes batches.
+    batch_sources: str = ""
+    batch_interval: float = 2.0
+    # Completion callbacks (daas.callbacks): POSTed with an HMAC-SHA256 signature, retried with
+    # backoff for up to callback_timeout seconds. URLs resolving to loopback, link-local or private
+    # addresses are refused unless callback_allow_private is set (a test's own receiver).
+    # callback_secret signs callbacks where no API keys are set (with keys, each key's own secret).
+    callback_timeout: float = 600.0
+    callback_allow_private: bool = False
+    callback_secret: str = ""
     # Autoscaling
     provider: str = "local"
     scale_interval: float = 5.0
@@ -127,6 +139,11 @@ class Settings:
     def rate_limit_table(self) -> str:
         """The DynamoDB table of the rate limit's buckets (daas.ratelimit), shared by all web hosts."""
         return f"{self.stack}-ratelimit"
+
+    @property
+    def batch_source_buckets(self) -> frozenset[str]:
+        """Buckets a batch may list and read: the input bucket and those of DAAS_BATCH_SOURCES."""
+        return frozenset({self.input_bucket, *(b.strip() for b in self.batch_sources.split(",") if b.strip())})
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -66,6 +66,7 @@ class Options:
     web_instance_type: str = "t3.small"
     controller_instance_type: str = "t3.small"
     rate_limit: int = 600
+    batch_source: str = ""
 
 
 def parameter_name(stack: str, secret: str) -> str:
@@ -196,7 +197,8 @@ def template_parameters(settings: Settings, options: Options) -> list[dict]:
               "AllowHttp": "true" if options.allow_http else "false", "RetentionDays": str(options.retention_days),
               "WebHosts": str(options.web_hosts), "ScaleMax": str(options.scale_max),
               "WorkerInstanceType": options.worker_instance_type, "WebInstanceType": options.web_instance_type,
-              "ControllerInstanceType": options.controller_instance_type, "RateLimit": str(options.rate_limit)}
+              "ControllerInstanceType": options.controller_instance_type, "RateLimit": str(options.rate_limit),
+              "BatchSourceBucket": options.batch_source}
     return [{"ParameterKey": key, "ParameterValue": value} for key, value in values.items()]
 
 
@@ -391,10 +393,13 @@ def _in_words(what: str, run: Callable[[], object]) -> int:
 
 
 def options_from_args(args, settings: Settings) -> Options:
+    if "," in (args.batch_source or settings.batch_sources):
+        raise SystemExit("the deploy grants one batch source bucket (--batch-source NAME); name one")
     return Options(stack=args.stack or settings.stack, ami=args.ami or settings.ec2_ami,
                    subnets=tuple(s for s in (args.subnets or "").split(",") if s),
                    certificate_arn=args.certificate_arn, allow_http=args.http, retention_days=args.retention_days,
-                   web_hosts=args.web_hosts, scale_max=args.scale_max, worker_instance_type=args.instance_type)
+                   web_hosts=args.web_hosts, scale_max=args.scale_max, worker_instance_type=args.instance_type,
+                   batch_source=args.batch_source or settings.batch_sources)
 
 
 def confirm(stack: str, region: str) -> bool:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Callable
 
-from daas import replies, results, storage
+from daas import callbacks, replies, results, storage
 from daas.config import Settings
 from daas.images import BadImage, check_upload
 
@@ -73,15 +73,30 @@ def check(settings: Settings, uploads: list[Upload]) -> tuple[list, list]:
     return accepted, rejected
 
 
-def submit(settings: Settings, uploads: list[Upload], owner: str = "") -> dict:
+def submit(settings: Settings, uploads: list[Upload], owner: str = "", callback_url: str = "",
+           api_key: str = "") -> dict:
     """Store and enqueue the images of one request: the job, with how many images were queued.
     Images failing the edge checks get an error result at once, unless all fail: then the request is
     rejected with the reasons. Images that could not be queued get an error result too; if none
-    could be, Rejected (503)."""
-    job, keys, errors = enqueue(settings, *check(settings, uploads), owner=owner)
+    could be, Rejected (503). With `callback_url`, the job's status is POSTed there when it is done
+    (daas.callbacks), signed with `api_key`'s secret."""
+    secret = callback(settings, callback_url, api_key) if callback_url else ""
+    job, keys, errors = enqueue(settings, *check(settings, uploads), owner=owner,
+                                extra={"callback_url": callback_url} if callback_url else {})
     if errors and not keys:
         raise Rejected("; ".join(sorted(set(errors.values()))), 503)
+    if callback_url:
+        callbacks.register(settings, "job", job["job_id"], callback_url, secret, owner)
     return {**job, "queued": len(keys)}
+
+
+def callback(settings: Settings, url: str, api_key: str) -> str:
+    """The signing secret of a request's callback, once its URL is checked; Rejected (400) saying why not."""
+    try:
+        callbacks.check_url(settings, url)
+        return callbacks.secret_for(settings, api_key)
+    except callbacks.Refused as exc:
+        raise Rejected(str(exc)) from None
 
 
 def not_queued(reason: str) -> str:
@@ -90,7 +105,7 @@ def not_queued(reason: str) -> str:
 
 
 def enqueue(settings: Settings, accepted: list, rejected: list = (), owner: str = "",
-            keep: Callable[[list[dict]], list[dict]] | None = None) -> tuple[dict, dict[str, str], dict[str, str]]:
+            keep: Callable[[list[dict]], list[dict]] | None = None, extra: dict | None = None) -> tuple[dict, dict[str, str], dict[str, str]]:
     """Store checked images as one job and enqueue them in chunks: (the job, {image id: the
     results key of its chunk} for the images enqueued, {image id: why not} for the others).
 
@@ -99,11 +114,12 @@ def enqueue(settings: Settings, accepted: list, rejected: list = (), owner: str 
     waiting). Every image of the manifest that is not enqueued gets an error result, so the job
     finishes (issue 16: a send failing mid-loop had left jobs "running" for ever). `owner` (a hash
     of the API key, see web.auth.owner) is recorded in the manifest: only that key reads the job.
-    Raises Rejected (503) when the job itself could not be stored: then nothing was enqueued."""
+    `extra` goes into the manifest (a callback's URL). Raises Rejected (503) when the job itself
+    could not be stored: then nothing was enqueued."""
     job_id = new_id()
     images = [image for image, _ in accepted] + [image for image, _ in rejected]
     stored, errors = _store(settings, {"job_id": job_id, "created": time.time(), "images": images,
-                                       **({"owner": owner} if owner else {})}, accepted, rejected)
+                                       **({"owner": owner} if owner else {}), **(extra or {})}, accepted, rejected)
     kept = keep(stored) if keep else stored
     kept_ids = {image["id"] for image in kept}
     errors.update({image["id"]: not_queued("its request had stopped waiting")
@@ -226,7 +242,10 @@ def status(settings: Settings, job_id: str, owner: str = "") -> dict | None:
     images = [by_id.get(image["id"]) or results.queued(image["id"], image["name"]) for image in manifest["images"]]
     done = sum(image["status"] != "queued" for image in images)
     state = "done" if done == len(images) else ("running" if done else "queued")
-    return {"job_id": job_id, "status": state, "finished": done, "total": len(images), "images": images}
+    job = {"job_id": job_id, "status": state, "finished": done, "total": len(images), "images": images}
+    if manifest.get("callback_url") and state == "done":  # no call while it runs: nothing to show yet
+        job["callback"] = callbacks.outcome(settings, "job", job_id)
+    return job
 
 
 def classify_one(settings: Settings, upload: Upload, client: str = "",

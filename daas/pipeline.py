@@ -13,6 +13,7 @@ import time
 from botocore.exceptions import ClientError
 
 from daas import config, images, results, storage
+from daas.aws import client
 
 log = logging.getLogger(__name__)
 _classifier = None
@@ -29,7 +30,11 @@ def classifier():
     return _classifier
 
 
-class ImageGone(Exception):
+class Unreadable(Exception):
+    """An image that cannot be fetched; the message says why, for its error result."""
+
+
+class ImageGone(Unreadable):
     """The uploaded image is not in the input bucket (deleted, or expired by a lifecycle rule)."""
 
 
@@ -98,9 +103,41 @@ def fetch(cfg: config.Settings, job_id: str, image_id: str) -> tuple[bytes | Cli
     return data, (time.perf_counter() - started) * 1000
 
 
-def decode(cfg: config.Settings, data: bytes | ImageGone):
+def fetch_object(cfg: config.Settings, bucket: str, key: str) -> tuple[bytes | Unreadable, float]:
+    """A batch's image from its source bucket (or why it cannot be read), and the milliseconds it
+    took. A missing or forbidden object, or one over DAAS_MAX_IMAGE_BYTES, is that image's error:
+    trying the chunk again would change nothing. Other errors (storage trouble) raise."""
+    started = time.perf_counter()
+    try:
+        response = client("s3", cfg).get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code = exc.response["Error"]["Code"]
+        if code in MISSING:
+            return Unreadable(f"s3://{bucket}/{key} is no longer in the bucket"), 0.0
+        if code in DENIED:
+            return Unreadable(f"the service may not read s3://{bucket}/{key} (403: check the bucket's policy "
+                              "and DAAS_BATCH_SOURCES)"), 0.0
+        raise
+    if response["ContentLength"] > cfg.max_image_bytes:
+        response["Body"].close()
+        return Unreadable(f"the object is {response['ContentLength'] / config.MB:.1f} MB; the limit is "
+                          f"{cfg.max_image_bytes / config.MB:.0f} MB per image (DAAS_MAX_IMAGE_BYTES)"), 0.0
+    return response["Body"].read(), (time.perf_counter() - started) * 1000
+
+
+def classify_objects(cfg: config.Settings, bucket: str, keys: list[str], batch: int = 0) -> list[dict]:
+    """The result document of each key of a batch's chunk, in order (`name` is the key); as
+    classify_chunk, one image at a time on CPU, the chunk in one pass on a GPU."""
+    fetched = [fetch_object(cfg, bucket, key) for key in keys]
+    pairs = [[f"{n:032x}", key] for n, key in enumerate(keys)]
+    batch = batch or (len(keys) if classifier().device == "cuda" else 1)
+    return [result for start in range(0, len(keys), batch)
+            for result in classify_batch(cfg, "", pairs[start:start + batch], fetched[start:start + batch])]
+
+
+def decode(cfg: config.Settings, data: bytes | Unreadable):
     """The decoded image, or the message of why it cannot be classified."""
-    if isinstance(data, ImageGone):
+    if isinstance(data, Unreadable):
         return str(data)
     try:
         return images.decode(data, cfg.max_image_pixels, draft_size=images.WORKER_DRAFT_SIZE)

@@ -10,7 +10,7 @@ import time
 
 from botocore.exceptions import ClientError
 
-from daas import aws, config, fleet, leases, replies, results, storage
+from daas import aws, batches, config, fleet, leases, replies, results, storage
 from daas.aws import client, queue_url
 from daas.celery_app import app
 
@@ -42,6 +42,45 @@ def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None) -
     if reply_to:
         replies.send(settings(), reply_to, storage.results_key(job_id, chunk[0][0]), documents)
     return len(chunk)
+
+
+@app.task(name="daas.classify_objects", acks_on_failure_or_timeout=False)
+def classify_objects(batch_id: str, chunk: int, keys: list[str]) -> int:
+    """Classify a chunk of a batch's images, read from its source bucket (see daas.batches), and
+    store them as one part of its output. A chunk already finished (sent twice, or redelivered
+    after its worker stopped) or of a cancelled batch is skipped. Returns how many images it
+    classified."""
+    from daas.pipeline import classify_objects as classify_keys
+
+    problem = batches.invalid_chunk(batch_id, chunk, keys, settings().max_files)
+    batch = None if problem else batches.definition(settings(), batch_id)
+    if problem or batch is None:
+        log.warning("dropping a daas.classify_objects task (not run): %s", problem or f"no batch {batch_id}")
+        return 0
+    if batches.settled(settings(), batch_id, chunk):
+        log.info("batch %s: chunk %d is finished or cancelled: skipped", batch_id, chunk)
+        return 0
+    documents = classify_keys(settings(), batch["source"]["bucket"], keys)
+    batches.store_part(settings(), batch, chunk, [batches.line(document) for document in documents])
+    return len(keys)
+
+
+_batch_tick = threading.Lock()
+
+
+@app.task(name="daas.batch_tick", ignore_result=True)
+def batch_tick() -> dict:
+    """The controller's batch and callback turn (every DAAS_BATCH_INTERVAL, and nudged by a new
+    batch): list and finish batches, deliver the callbacks of finished jobs and batches. A tick
+    that finds the previous one still going skips."""
+    from daas import callbacks
+
+    if not _batch_tick.acquire(blocking=False):
+        return {}
+    try:
+        return {"batches": batches.tick(settings()), "callbacks": callbacks.tick(settings())}
+    finally:
+        _batch_tick.release()
 
 
 def invalid_task(cfg: config.Settings, job_id: object, chunk: object, reply_to: object = None) -> str | None:
@@ -92,6 +131,27 @@ def classify_args(cfg: config.Settings, body: str) -> tuple[str, list[list[str]]
     return None
 
 
+def batch_chunk_args(body: str) -> tuple[str, int, list[str]] | None:
+    """(batch_id, chunk, keys) of a raw daas.classify_objects message; None for anything else."""
+    try:
+        task, (batch_id, chunk, keys) = decode_task_message(body)
+        if task == batches.TASK and batches.invalid_chunk(batch_id, chunk, keys, 10_000) is None:
+            return batch_id, chunk, keys
+    except (ValueError, KeyError, IndexError, TypeError):
+        pass
+    return None
+
+
+def record_failure_of_chunk(cfg: config.Settings, batch_id: str, chunk: int, keys: list[str], message: str) -> int:
+    """Error lines for a dead-lettered chunk of a batch, unless it finished after all."""
+    batch = batches.get_state(cfg, batch_id)
+    if batch is None or batches.settled(cfg, batch_id, chunk):
+        return 0
+    batches.store_part(cfg, batch, chunk, [{"key": key, "label": None, "score": None, "top5": [], "error": message}
+                                           for key in keys])
+    return len(keys)
+
+
 @app.task(name="daas.reap_dead_letters", ignore_result=True)
 def reap_dead_letters() -> int:
     return reap(settings())
@@ -110,7 +170,17 @@ def reap(cfg: config.Settings) -> int:
             return reaped
         for message in messages:
             task = classify_args(cfg, message["Body"])
-            if task is None:
+            chunk = None if task else batch_chunk_args(message["Body"])
+            if chunk is not None:
+                try:
+                    reaped += record_failure_of_chunk(cfg, *chunk, f"the image could not be classified: "
+                                                   f"{cfg.max_receives} attempts failed (a worker stopped, or "
+                                                   "storage was unavailable)")
+                except Exception as exc:
+                    log.error("could not store the error results of a dead-lettered chunk of batch %s (retried "
+                              "at the next run): %r", chunk[0], exc)
+                    continue
+            elif task is None:
                 log.warning("dropping a dead-lettered message that is not a daas task: %.200r", message["Body"])
             else:
                 try:

@@ -209,8 +209,12 @@ def audit(tmp_path_factory):
                 os.environ.pop(name) if value is None else os.environ.update({name: value})
         admin = stack.settings
         name = f"audit{uuid.uuid4().hex[:6]}"
+        photos = f"{name}-photos"  # a bucket of the user's, named at deploy time as a batch source
+        aws.client("s3", admin).create_bucket(Bucket=photos)
+        for key, body in (("coffee.png", skimage_photo("coffee.png")), ("notes.png", b"not an image")):
+            aws.client("s3", admin).put_object(Bucket=photos, Key=f"day/{key}", Body=body)
         deploy.deploy(admin, deploy.Options(stack=name, ami=make_worker_ami(admin, "daas-worker-audit"),
-                                            allow_http=True), out=lambda _: None)
+                                            allow_http=True, batch_source=photos), out=lambda _: None)
         policies = {role: _policy(admin, f"{name}-{role}", role) for role in ROLES}
         principals = {role: principal(admin, f"{name}-{role}-process", as_moto_enforces(policy))
                       for role, policy in policies.items()}
@@ -226,7 +230,7 @@ def audit(tmp_path_factory):
         os.environ.update(admin_env)  # this process: the test's own calls (deleting an upload)
         aws._client.cache_clear()  # clients keep the credentials they were made with
         stack.settings = deploy.stack_settings(admin, name).with_(
-            provider="ec2", ec2_launch_template=f"{name}-worker", ec2_subnet=subnet)
+            provider="ec2", ec2_launch_template=f"{name}-worker", ec2_subnet=subnet, batch_sources=photos)
         web = stack.spawn("web", [sys.executable, "-m", "daas", "web"], env["web"])
         url = f"http://{base.host}:{base.web_port}"
         wait_for_http(f"{url}/healthz", 60, web)
@@ -246,6 +250,10 @@ def audit(tmp_path_factory):
             while requests.get(f"{url}/api/jobs/{job['job_id']}", timeout=30).json()["status"] != "done":
                 assert time.monotonic() < deadline, "the audit jobs did not finish"
                 time.sleep(0.2)
+        batch = requests.post(f"{url}/api/batches", json={"source": f"s3://{photos}/day/"}, timeout=30).json()
+        while requests.get(f"{url}/api/batches/{batch['batch_id']}", timeout=30).json()["status"] != "done":
+            assert time.monotonic() < deadline, "the audit batch did not finish"
+            time.sleep(0.2)
         # The dead-letter reaper ticks every 10 s, housekeeping every 2 s: let each run once.
         dlq = ("sqs:ReceiveMessage", f"arn:aws:sqs:{admin.region}:{MOTO_ACCOUNT}:{stack.settings.dead_letter_queue}")
 
@@ -303,6 +311,10 @@ def test_the_audit_saw_the_paths_that_matter(audit):
     # TerminateInstances: the launched instances never join (nothing boots on the local endpoint).
     assert {"ec2:RunInstances", "ec2:DescribeInstances", "ec2:TerminateInstances", "sqs:SendMessage",
             "sns:Subscribe", "s3:ListBucket"} <= actions["controller"]
+    # The batch: the controller listed the user's bucket, the worker read its images from there.
+    source = f"arn:aws:s3:::{audit.settings.stack}-photos"
+    assert ("s3:ListBucket", source) in calls["controller"]
+    assert ("s3:GetObject", f"{source}/day/coffee.png") in calls["worker"]
 
 
 # -- the policies as written ------------------------------------------------------------------------
@@ -340,10 +352,13 @@ def test_the_worker_reads_inputs_writes_only_results_and_its_heartbeats(audit):
     writes = {resource for action, resource in _grants(policies["worker"])
               if action in ("s3:PutObject", "s3:DeleteObject")}
     # No manifests, and heartbeat records only under its own principal (its instance, on EC2).
-    assert writes == {f"{n['output']}/results/*", f"{n['output']}/workers/${{aws:userid}}/*"}
+    assert writes == {f"{n['output']}/results/*", f"{n['output']}/workers/${{aws:userid}}/*",
+                      f"{n['output']}/batch-results/*", f"{n['output']}/batches/*/done/*"}
     reads = {resource.removesuffix("/*") for action, resource in _grants(policies["worker"]) if action == "s3:GetObject"}
     listed = {resource for action, resource in _grants(policies["worker"]) if action == "s3:ListBucket"}
-    assert reads == {n["input"], f"{n['output']}/results"} and listed == {n["input"], n["output"]}
+    # Of the user's buckets, only the batch source named at deploy time, and only to read.
+    assert reads == {n["input"], f"{n['output']}/results", f"{n['output']}/batches",
+                     f"arn:aws:s3:::{stack}-photos"} and listed == {n["input"], n["output"]}
     sends = {resource for action, resource in _grants(policies["worker"]) if action == "sqs:SendMessage"}
     assert sends == {f"{n['sqs']}{stack}-replies-*", f"{n['sqs']}{stack}-*-{stack}-pidbox",
                      f"{n['sqs']}{stack}-celeryev-*", f"{n['sqs']}*-reply-{stack}-pidbox"}  # never classify or control
@@ -385,7 +400,9 @@ def test_the_controller_launches_and_ends_only_this_stacks_workers(audit):
     passes = [s for s in statements.values() if s["Action"] == "iam:PassRole"]
     assert [s["Resource"] for s in passes] == [f"arn:aws:iam::{MOTO_ACCOUNT}:role/{stack}-worker"]
     deletes = {r for action, r in _grants(policies["controller"]) if action == "s3:DeleteObject"}
-    assert deletes == {f"arn:aws:s3:::{settings.output_bucket}/workers/*"}  # never images or results
+    output = f"arn:aws:s3:::{settings.output_bucket}"
+    assert deletes == {f"{output}/workers/*", f"{output}/batches/active/*", f"{output}/callbacks/pending/*"}  # never
+    # images, results or batch outputs
     # It reaps the dead-letter queue but never consumes the classify queue (the workers' job).
     consumed = {r.rsplit(":", 1)[1] for action, r in _grants(policies["controller"]) if action == "sqs:DeleteMessage"}
     assert consumed == {f"{stack}-control", f"{stack}-classify-dlq", f"{stack}-*-{stack}-pidbox", f"{stack}-celeryev-*",

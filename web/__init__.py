@@ -39,11 +39,12 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes(settings)
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
 
-    from web import auth, metrics, ops, views
+    from web import auth, batches, metrics, ops, views
 
     auth.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(batches.bp)
     metrics.init_app(app)
 
     app.after_request(add_security_headers)

@@ -75,6 +75,11 @@ def client_id() -> str:
     return getattr(g, "api_key", None) or f"address:{request.remote_addr}"
 
 
+def api_key() -> str:
+    """The API key the request presented ("" where the service is open): its callbacks' secret."""
+    return getattr(g, "api_key", None) or ""
+
+
 def owner() -> str:
     """Who owns the jobs this request creates, and may read them: the sha256 of its API key (a
     manifest in the bucket never holds a key); "" where the service is open."""

@@ -72,7 +72,8 @@ def healthz():
 @bp.post("/api/jobs")
 def create_job():
     try:
-        job = jobs.submit(settings(), read_uploads("images"), auth.owner())
+        job = jobs.submit(settings(), read_uploads("images"), auth.owner(),
+                          callback_url=request.form.get("callback_url", ""), api_key=auth.api_key())
     except jobs.Rejected as exc:
         return json_error(str(exc), exc.status)
     metrics.images_accepted.inc(job["queued"])
