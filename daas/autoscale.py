@@ -82,6 +82,8 @@ _refusals = {"count": 0, "retry_at": 0.0, "reason": ""}
 
 def _launch(workers: Provider, count: int, interval: float) -> tuple[int, str]:
     """(workers launched, why EC2 refused: empty when it did not)."""
+    from daas import metrics  # the controller's counters (workers import this module too, and need none)
+
     if not count:
         return 0, ""
     if time.time() < _refusals["retry_at"]:
@@ -93,8 +95,10 @@ def _launch(workers: Provider, count: int, interval: float) -> tuple[int, str]:
         delay = min(MAX_LAUNCH_BACKOFF, interval * 2 ** _refusals["count"])
         _refusals.update(retry_at=time.time() + delay, reason=f"{type(exc).__name__}: {exc}"[:500])
         log.warning("could not launch %d workers (next try in %.0f s): %s", count, delay, _refusals["reason"])
+        metrics.launch_refusals.inc()
         return 0, _refusals["reason"]
     _refusals.update(count=0, retry_at=0.0, reason="")
+    metrics.workers_launched.inc(count)
     return count, ""
 
 

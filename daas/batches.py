@@ -220,6 +220,10 @@ def enqueue_page(settings: Settings, batch: dict, objects: list[dict], more: boo
         listing.update(after=objects[-1]["Key"], listed=listing["listed"] + len(objects) - counted)
     listing["complete"] = not more
     put_state(settings, batch)
+    from daas import metrics  # the controller's counters
+
+    metrics.batch_objects_listed.inc(len(objects))
+    metrics.batch_images_enqueued.inc(len(matched))
 
 
 def advance(settings: Settings, batch: dict, budget: float = LIST_BUDGET) -> dict:
@@ -305,6 +309,10 @@ def finish(settings: Settings, batch: dict, status: str) -> None:
                                    "line": ["key", "label", "score", "top5", "error"]}, indent=1).encode())
     put_state(settings, batch)
     s3.delete_object(Bucket=settings.output_bucket, Key=f"{ACTIVE}{batch['batch_id']}")
+    from daas import metrics
+
+    metrics.batch_images_finished.labels(outcome="done").inc(summary["done"])
+    metrics.batch_images_finished.labels(outcome="error").inc(summary["errors"])
     log.info("batch %s %s: %d labelled, %d errors, %d listed", batch["batch_id"], status,
              summary["done"], summary["errors"], summary["listed"])
 

@@ -164,6 +164,9 @@ def _deliver_and_record(settings: Settings, key: str, record: dict, summary: dic
         result = deliver(settings, record["url"], record["secret"], summary)
         _put(settings, f"{OUTCOME}{record['kind']}-{record['id']}.json", result)
         client("s3", settings).delete_object(Bucket=settings.output_bucket, Key=key)
+        from daas import metrics
+
+        metrics.callbacks_sent.labels(outcome=result["status"]).inc()
         log.info("callback of %s %s: %s after %d attempts", record["kind"], record["id"], result["status"],
                  result["attempts"])
     except Exception as exc:  # storage down: still pending, the next tick tries again

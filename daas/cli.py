@@ -141,12 +141,13 @@ def cmd_controller(_args: argparse.Namespace) -> int:
     from daas.celery_app import app
     from daas.watchdog import Watchdog
 
-    from daas import aws
+    from daas import aws, metrics
 
     settings = config.load()
     aws.ROLE = "controller"
     # No remote control here: nothing to inspect, and a pidbox would only add SQS traffic.
     app.conf.worker_enable_remote_control = False
+    metrics.serve_controller(settings)
     watchdog = Watchdog(settings.control_queue, settings.stall_timeout, settings.task_time_limit)
     signals.worker_init.connect(lambda **_: watchdog.start(), weak=False)
     signals.worker_ready.connect(watchdog.ready, weak=False)

@@ -101,6 +101,7 @@ class Settings:
     callback_timeout: float = 600.0
     callback_allow_private: bool = False
     callback_secret: str = ""
+    controller_metrics_port: int = 9101  # the controller's Prometheus metrics (0: none); see daas.metrics
     # Autoscaling
     provider: str = "local"
     scale_interval: float = 5.0

@@ -168,7 +168,8 @@ def _send(settings: Settings, job_id: str, images: list[dict]) -> tuple[dict[str
     try:
         reply_to = replies.for_settings(settings).queue_url()  # the worker sends the results back here too
         for chunk in pending:  # only once its images are stored
-            classify.apply_async((job_id, chunk), {"reply_to": reply_to}, queue=settings.queue)
+            classify.apply_async((job_id, chunk), {"reply_to": reply_to, "sent_at": round(time.time(), 3)},
+                                 queue=settings.queue)
             keys.update(dict.fromkeys((image_id for image_id, _ in chunk), storage.results_key(job_id, chunk[0][0])))
             sent += 1
     except Exception as exc:

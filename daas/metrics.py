@@ -8,30 +8,68 @@ The web tier sees every image's result (the worker sends each chunk's results to
 the web process that submitted it, daas.replies): that is where the classified counts and the
 per-stage histograms come from. Queue depth and workers come from the autoscaler's latest tick
 (daas.health), read at most every TICK_CACHE_S seconds.
+
+The controller serves its own (`CONTROLLER`, on DAAS_HOST:DAAS_CONTROLLER_METRICS_PORT, one process):
+launches and refusals, images given up on from the dead-letter queue, batches' listing and
+outcomes, callbacks, and the same tick gauges.
 """
 from __future__ import annotations
 
 import os
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+import logging
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest,
+                               start_http_server)
 from prometheus_client.core import GaugeMetricFamily
 
 from daas import config, health
 
+log = logging.getLogger(__name__)
 ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
 TICK_CACHE_S = 5.0
 # Seconds: a forward pass on CPU is a few ms, a fetch from S3 tens of ms, a decode up to a second.
-STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The queue wait: up to minutes while workers boot.
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0)
 
 requests_total = Counter("daas_http_requests", "HTTP requests answered, by route, method and status",
                          ["route", "method", "status"])
 images_accepted = Counter("daas_images_accepted", "images accepted for classification (queued)")
 images_classified = Counter("daas_images_classified", "images with a result, by outcome (done: a label; "
                             "error: a per-image error such as a damaged file)", ["outcome"])
-image_stage_seconds = Histogram("daas_image_stage_seconds", "seconds per image in each stage of a worker "
-                                "(fetch from S3, decode, forward pass), from each result's timings",
+image_stage_seconds = Histogram("daas_image_stage_seconds", "seconds per image in each stage from upload to "
+                                "label: queue (its chunk's wait for a worker), fetch from S3, decode, forward "
+                                "pass, store (its share of the results' PUT), from each result's timings",
                                 ["stage"], buckets=STAGE_BUCKETS)
+
+
+CONTROLLER = CollectorRegistry(auto_describe=True)
+workers_launched = Counter("daas_workers_launched", "workers launched by the autoscaler", registry=CONTROLLER)
+launch_refusals = Counter("daas_launch_refusals", "launches the provider refused (no capacity, a quota, "
+                          "throttling)", registry=CONTROLLER)
+dead_letter_images = Counter("daas_dead_letter_images", "images given up on after DAAS_MAX_RECEIVES failed "
+                             "deliveries (the reaper wrote their error results)", registry=CONTROLLER)
+batch_objects_listed = Counter("daas_batch_objects_listed", "objects listed under batches' source prefixes",
+                               registry=CONTROLLER)
+batch_images_enqueued = Counter("daas_batch_images_enqueued", "batch images enqueued (matching the globs)",
+                                registry=CONTROLLER)
+batch_images_finished = Counter("daas_batch_images_finished", "images of finished or cancelled batches, by "
+                                "outcome", ["outcome"], registry=CONTROLLER)
+callbacks_sent = Counter("daas_callbacks", "completion callbacks, by outcome (delivered, failed)", ["outcome"],
+                         registry=CONTROLLER)
+
+
+def serve_controller(settings: config.Settings) -> None:
+    """The controller's /metrics on its own port (no key: bound to DAAS_HOST, loopback on the control
+    host; scrape it there or through an SSM port forward). A port in use is a warning, not a stop."""
+    if not settings.controller_metrics_port:
+        return
+    CONTROLLER.register(TickCollector(settings))
+    try:
+        start_http_server(settings.controller_metrics_port, addr=settings.host, registry=CONTROLLER)
+    except OSError as exc:
+        log.warning("the controller's metrics are not served: port %d: %s", settings.controller_metrics_port, exc)
 
 
 def observe_results(results: list[dict]) -> None:

@@ -27,20 +27,32 @@ def settings() -> config.Settings:
 # moves it to the dead-letter queue, where the reaper stores error results for its images. Nothing
 # is acknowledged into silence, and no error result is written while storage may be down.
 @app.task(name="daas.classify", acks_on_failure_or_timeout=False)
-def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None) -> int:
+def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None, sent_at: float | None = None) -> int:
     """Classify a chunk of a job's images ([image_id, name] pairs, see daas.jobs.chunks), store
     their results in one object, and send them to the web process that enqueued the chunk
-    (`reply_to`, see daas.replies). Returns how many images it classified (Flower shows it)."""
+    (`reply_to`, see daas.replies). Each result's timings include the chunk's wait in the queue
+    (from `sent_at`, the web host's clock; EC2 hosts keep theirs in step with NTP); the reply's
+    copies also the store's share (daas.metrics counts both). Returns how many images it
+    classified (Flower shows it)."""
     from daas.pipeline import classify_chunk  # torch is imported by workers only
 
-    problem = invalid_task(settings(), job_id, chunk, reply_to)
+    started = time.time()
+    problem = invalid_task(settings(), job_id, chunk, reply_to, sent_at)
     if problem:  # acknowledged and dropped: running it would write where it says, retrying changes nothing
         log.warning("dropping a daas.classify task with invalid arguments (not run): %s", problem)
         return 0
     documents = classify_chunk(settings(), job_id, chunk)
+    if sent_at is not None:
+        for document in documents:
+            if "timings_ms" in document:
+                document["timings_ms"]["queue"] = round(max(0.0, started - sent_at) * 1000, 2)
+    stored = time.perf_counter()
     storage.put_results(settings(), job_id, documents)
+    share = round((time.perf_counter() - stored) * 1000 / len(documents), 2)
     if reply_to:
-        replies.send(settings(), reply_to, storage.results_key(job_id, chunk[0][0]), documents)
+        replied = [{**d, "timings_ms": {**d["timings_ms"], "store": share}} if "timings_ms" in d else d
+                   for d in documents]
+        replies.send(settings(), reply_to, storage.results_key(job_id, chunk[0][0]), replied)
     return len(chunk)
 
 
@@ -83,7 +95,8 @@ def batch_tick() -> dict:
         _batch_tick.release()
 
 
-def invalid_task(cfg: config.Settings, job_id: object, chunk: object, reply_to: object = None) -> str | None:
+def invalid_task(cfg: config.Settings, job_id: object, chunk: object, reply_to: object = None,
+                 sent_at: object = None) -> str | None:
     """Why a daas.classify task's arguments must not be run (None: they may). A task can come from
     anyone who can send to the queue or reach Flower's API (which runs any task): the ids become
     keys in both buckets (`jobs` or `workers` as a job id would overwrite manifests or heartbeat
@@ -97,6 +110,8 @@ def invalid_task(cfg: config.Settings, job_id: object, chunk: object, reply_to: 
         if not (isinstance(image, list) and len(image) == 2 and storage.is_id(image[0])
                 and isinstance(image[1], str) and len(image[1]) <= 200):
             return f"{str(image)[:120]} is not an [image id, name] pair"
+    if sent_at is not None and (not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool)):
+        return "sent_at must be a time in seconds"
     if reply_to is not None and not replies.is_reply_queue(cfg, reply_to):
         return f"{str(reply_to)[:200]!r} is not a reply queue of stack {cfg.stack}"
     return None
@@ -161,6 +176,14 @@ def reap(cfg: config.Settings) -> int:
     """Turn messages that SQS dead-lettered (their task failed on every delivery) into error results;
     returns how many images it gave up on. A message whose results cannot be stored now stays in the
     dead-letter queue for the next run; one that is not a daas task is logged and dropped."""
+    from daas import metrics
+
+    reaped = _reap(cfg)
+    metrics.dead_letter_images.inc(reaped)
+    return reaped
+
+
+def _reap(cfg: config.Settings) -> int:
     sqs = client("sqs", cfg)
     url = queue_url(cfg, cfg.dead_letter_queue)
     reaped = 0

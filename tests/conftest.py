@@ -43,7 +43,8 @@ def make_settings(local_aws: str, tmp: Path, **overrides) -> config.Settings:
     of the session exports the model, the others find it."""
     values = dict(aws_endpoint=local_aws, aws_port=int(local_aws.rsplit(":", 1)[1]),
                   stack=f"t{uuid.uuid4().hex[:10]}", web_port=free_port(), flower_port=free_port(),
-                  state_dir=tmp, idle_timeout=0, model_cache=os.environ.get(MODEL_CACHE_VAR, ""))
+                  state_dir=tmp, idle_timeout=0, model_cache=os.environ.get(MODEL_CACHE_VAR, ""),
+                  controller_metrics_port=free_port())
     settings = config.Settings(**{**values, **overrides})
     aws.ensure_resources(settings)
     return settings

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -18,6 +17,7 @@ from PIL import Image
 from daas import aws, batches, callbacks, config, jobs
 from daas.stack import Stack, child_env
 from tests.conftest import make_settings, skimage_photo, wait_for
+from tests.test_metrics import scrape
 
 
 def jpeg(name: str) -> bytes:
@@ -135,6 +135,12 @@ def test_a_batch_lists_its_prefix_classifies_from_the_source_and_calls_back(loca
         run = subprocess.run([*cli, f"s3://{bucket}/2026/deep/"], capture_output=True, text=True, timeout=120,
                              env=child_env(settings))
         assert run.returncode == 0 and "done: 1 labelled, 0 errors" in run.stdout, run.stdout + run.stderr
+        # The controller's counters: what it listed and enqueued, the batch's outcome, the callback.
+        counted = scrape(f"http://127.0.0.1:{settings.controller_metrics_port}")
+        assert counted[("daas_batch_objects_listed_total", ())] == 5 + 1  # the CLI's batch listed 1 more
+        assert counted[("daas_batch_images_enqueued_total", ())] == 3 + 1
+        assert counted[("daas_batch_images_finished_total", (("outcome", "error"),))] == 1
+        assert counted[("daas_callbacks_total", (("outcome", "delivered"),))] == 1
         # Nothing of the batch went through the web tier's input bucket.
         assert aws.client("s3", settings).list_objects_v2(Bucket=settings.input_bucket).get("KeyCount", 0) == 0
     receiver.close()

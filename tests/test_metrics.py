@@ -51,7 +51,8 @@ def test_metrics_count_requests_images_and_stages_across_the_web_processes(local
 
         after = wait_for(counted, 120, "the six results counted in /metrics")
         assert moved(before, after, "daas_images_accepted_total") == 6
-        for stage in ("fetch", "decode", "forward"):  # the five labelled images' worker timings
+        # The five labelled images' timings, from upload to label.
+        for stage in ("queue", "fetch", "decode", "forward", "store"):
             assert moved(before, after, "daas_image_stage_seconds_count", stage=stage) == 5
             assert moved(before, after, "daas_image_stage_seconds_sum", stage=stage) > 0
         assert moved(before, after, "daas_http_requests_total", route="/api/jobs", method="POST", status="202") == 1
@@ -66,3 +67,9 @@ def test_metrics_count_requests_images_and_stages_across_the_web_processes(local
         ticked = wait_for(drained, 60, "the tick's gauges")
         assert ticked[("daas_launch_refused", ())] == 0
         assert 0 <= ticked[("daas_autoscaler_tick_age_seconds", ())] < 60
+
+        # The controller's own: nothing launched (its one worker was started by hand), nothing given up.
+        controller = wait_for(lambda: (c := scrape(f"http://127.0.0.1:{settings.controller_metrics_port}")).get(
+            ("daas_workers", (("state", "running"),))) == 1 and c, 30, "the controller's metrics with its tick")
+        for counter in ("daas_workers_launched_total", "daas_launch_refusals_total", "daas_dead_letter_images_total"):
+            assert controller[(counter, ())] == 0
