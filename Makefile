@@ -27,6 +27,7 @@ test: install-dev  ## the test suite (integration tests start their own processe
 
 bench: install-dev  ## the benchmarks (README's performance tables)
 	$(PY) -m daas bench
+	$(PY) -m daas bench batch
 
 clean:
 	rm -rf $(VENV) .daas .pytest_cache

@@ -324,8 +324,9 @@ def active(settings: Settings) -> list[str]:
 
 
 def tick(settings: Settings) -> dict[str, str]:
-    """The controller's turn over the active batches: list more of each, and finish those whose
-    chunks all finished (or that were cancelled). Returns {batch id: its status}."""
+    """The controller's turn over the active batches: list more of each (LIST_BUDGET seconds), and
+    finish those whose chunks all finished (or that were cancelled). Returns {batch id: its status}
+    (`listing` while its listing goes on)."""
     seen = {}
     for batch_id in active(settings):
         batch = get_state(settings, batch_id)
@@ -342,7 +343,8 @@ def tick(settings: Settings) -> dict[str, str]:
                     finish(settings, batch, "done")
         except Exception as exc:  # one batch's trouble (its source unreadable, say) never stops the others
             log.warning("batch %s: this tick failed (tried again at the next one): %r", batch_id, exc)
-        seen[batch_id] = batch["finished"]["status"] if batch["finished"] else "listing"
+        seen[batch_id] = batch["finished"]["status"] if batch["finished"] else (
+            "running" if batch["listing"]["complete"] else "listing")
     return seen
 
 

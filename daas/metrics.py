@@ -72,12 +72,16 @@ def serve_controller(settings: config.Settings) -> None:
         log.warning("the controller's metrics are not served: port %d: %s", settings.controller_metrics_port, exc)
 
 
-def observe_results(results: list[dict]) -> None:
-    """Count a chunk's results and their stage timings (a worker's timings_ms)."""
+def observe_results(results: list[dict], store_ms: float | None = None) -> None:
+    """Count a chunk's results and their stage timings (timings_ms; `store_ms`, the chunk's PUT,
+    shared among its labelled images)."""
+    labelled = [result for result in results if result.get("timings_ms")]
     for result in results:
         images_classified.labels(outcome="done" if result.get("status") == "done" else "error").inc()
         for stage, ms in (result.get("timings_ms") or {}).items():
             image_stage_seconds.labels(stage=stage).observe(ms / 1000)
+        if store_ms and result in labelled:
+            image_stage_seconds.labels(stage="store").observe(store_ms / len(labelled) / 1000)
 
 
 class TickCollector:

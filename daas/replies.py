@@ -80,8 +80,8 @@ def _account(settings: Settings) -> str:
     return urlsplit(url).path.strip("/").partition("/")[0]
 
 
-def reply_message(key: str, results: list[dict]) -> str:
-    return json.dumps({"key": key, "results": results})
+def reply_message(key: str, results: list[dict], store_ms: float | None = None) -> str:
+    return json.dumps({"key": key, "results": results, **({"store_ms": round(store_ms, 2)} if store_ms else {})})
 
 
 class Replies:
@@ -188,16 +188,16 @@ class Replies:
         for message in messages:  # the queue is ours, but a reply we cannot read must not stop the rest
             try:
                 reply = json.loads(message["Body"])
-                replies.append((reply["key"], reply["results"]))
+                replies.append((reply["key"], reply["results"], reply.get("store_ms")))
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("dropping an unreadable reply: %r", exc)
-        cache.put_many(dict(replies))
+        cache.put_many({key: results for key, results, _ in replies})
         from daas import metrics  # the web tier's counts; workers import this module too, and need none
 
-        for _, results in replies:
-            metrics.observe_results(results)
+        for _, results, store_ms in replies:
+            metrics.observe_results(results, store_ms)
         with self.lock:
-            for key, _ in replies:
+            for key, _, _ in replies:
                 for event in self.waiters.get(key, ()):
                     event.set()
 
@@ -235,12 +235,12 @@ def for_settings(settings: Settings) -> Replies:
     return Replies(settings)
 
 
-def send(settings: Settings, url: str, key: str, results: list[dict]) -> None:
-    """A worker's reply: the chunk's results, to the queue of the web process that enqueued it.
-    Best effort: the results are already stored, and a waiter that hears nothing reads the bucket
-    (failing here would have the chunk classified again)."""
+def send(settings: Settings, url: str, key: str, results: list[dict], store_ms: float | None = None) -> None:
+    """A worker's reply: the chunk's results (and how long storing them took), to the queue of the
+    web process that enqueued it. Best effort: the results are already stored, and a waiter that
+    hears nothing reads the bucket (failing here would have the chunk classified again)."""
     try:
-        client("sqs", settings).send_message(QueueUrl=url, MessageBody=reply_message(key, results))
+        client("sqs", settings).send_message(QueueUrl=url, MessageBody=reply_message(key, results, store_ms))
     except Exception as exc:
         queue = url.rsplit("/", 1)[-1]
         if queue_missing(exc):  # that web process is gone

@@ -31,8 +31,8 @@ def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None, s
     """Classify a chunk of a job's images ([image_id, name] pairs, see daas.jobs.chunks), store
     their results in one object, and send them to the web process that enqueued the chunk
     (`reply_to`, see daas.replies). Each result's timings include the chunk's wait in the queue
-    (from `sent_at`, the web host's clock; EC2 hosts keep theirs in step with NTP); the reply's
-    copies also the store's share (daas.metrics counts both). Returns how many images it
+    (from `sent_at`, the web host's clock; EC2 hosts keep theirs in step with NTP); the reply
+    carries the results' PUT time too (daas.metrics counts both). Returns how many images it
     classified (Flower shows it)."""
     from daas.pipeline import classify_chunk  # torch is imported by workers only
 
@@ -48,11 +48,9 @@ def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None, s
                 document["timings_ms"]["queue"] = round(max(0.0, started - sent_at) * 1000, 2)
     stored = time.perf_counter()
     storage.put_results(settings(), job_id, documents)
-    share = round((time.perf_counter() - stored) * 1000 / len(documents), 2)
     if reply_to:
-        replied = [{**d, "timings_ms": {**d["timings_ms"], "store": share}} if "timings_ms" in d else d
-                   for d in documents]
-        replies.send(settings(), reply_to, storage.results_key(job_id, chunk[0][0]), replied)
+        replies.send(settings(), reply_to, storage.results_key(job_id, chunk[0][0]), documents,
+                     store_ms=(time.perf_counter() - stored) * 1000)
     return len(chunk)
 
 
@@ -83,16 +81,19 @@ _batch_tick = threading.Lock()
 @app.task(name="daas.batch_tick", ignore_result=True)
 def batch_tick() -> dict:
     """The controller's batch and callback turn (every DAAS_BATCH_INTERVAL, and nudged by a new
-    batch): list and finish batches, deliver the callbacks of finished jobs and batches. A tick
-    that finds the previous one still going skips."""
+    batch or a listing not yet complete): list and finish batches, deliver the callbacks of
+    finished jobs and batches. A tick that finds the previous one still going skips."""
     from daas import callbacks
 
     if not _batch_tick.acquire(blocking=False):
         return {}
     try:
-        return {"batches": batches.tick(settings()), "callbacks": callbacks.tick(settings())}
+        done = {"batches": batches.tick(settings()), "callbacks": callbacks.tick(settings())}
     finally:
         _batch_tick.release()
+    if "listing" in done["batches"].values():  # a listing goes on at once, not at the next beat
+        batches.nudge(settings())
+    return done
 
 
 def invalid_task(cfg: config.Settings, job_id: object, chunk: object, reply_to: object = None,

@@ -41,7 +41,8 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     for latency in (modes["raw"]["single"]["latency_ms"], modes["single"]["latency_ms"],
                     modes["service"]["latency_ms"]):
         assert 0 < latency["p50"] <= latency["p95"]
-    assert set(modes["service"]["stages_mean_ms"]) == {"fetch", "decode", "forward"}
+    # The chunk's wait in the queue, then the worker's stages.
+    assert set(modes["service"]["stages_mean_ms"]) == {"queue", "fetch", "decode", "forward"}
     service = modes["service"]
     assert service["end_to_end_images_per_s"] == pytest.approx(service["images"] / service["seconds"], rel=0.01)
     assert 0 < service["first_label_s"] < service["seconds"]
@@ -88,3 +89,16 @@ def test_steady_rate_counts_from_the_first_label():
                     results=[{}, {}, {}])
     assert run.images_per_s == 1.0 and run.steady_images_per_s == 1.0  # 2 more labels in 2 s
     assert bench.Run(0.0, 2.0, 2.0, [2.0], [{}]).steady_images_per_s == 0.5  # one label: end to end
+
+
+def test_bench_batch_on_a_small_bucket(tmp_path):
+    from daas.bench import batch
+
+    report = batch.run(tmp_path, images=40, listing_keys=150, jobs_sample=10, workers=1)
+    assert json.loads((tmp_path / "batch.json").read_text()) == json.loads(json.dumps(report))
+    assert report["batch"]["images"] == 40 and report["batch"]["errors"] == 0
+    assert report["batch"]["images_per_s"] > 0 and report["batch"]["enqueue_images_per_s"] > 0
+    assert report["jobs"]["images"] == 10 and report["jobs"]["images_per_s"] > 0
+    assert report["lister"]["40"]["enqueued"] == 40 and report["lister"]["150"]["enqueued"] == 150
+    assert all(figures["peak_rss_mb"] > 0 for figures in report["lister"].values())
+    assert "the lister alone over 150 keys" in batch.format_report(report)

@@ -42,7 +42,7 @@ def test_real_photos_are_labelled_and_stored_in_both_buckets(service):
         assert image["status"] == "done", image
         assert image["label"] in PHOTOS[image["name"]]
         assert len(image["top5"]) == 5 and image["top5"][0][0] == image["label"]
-        assert set(image["timings_ms"]) == {"fetch", "decode", "forward"}
+        assert set(image["timings_ms"]) == {"queue", "fetch", "decode", "forward"}
 
     # One object per image in the input bucket, keyed by a generated id, never the file name; the
     # three images went as one task, whose results are one list under the first image's key.

@@ -958,6 +958,13 @@ def main(args) -> int:
         print(soak.format_report(report))
         print(f"\nwrote {out / 'soak.json'} and {out / 'soak.png'}")
         return 0 if soak.passed(report) else 1
+    if args.which == "batch":
+        from daas.bench import batch
+
+        report = batch.run(out)
+        print(batch.format_report(report))
+        print(f"\nwrote {out / 'batch.json'}")
+        return 0
     if args.which == "scaling":
         report = run_scaling(out)
         print(format_scaling(report))
