@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError
 
-from daas import broker, jobs, storage
+from daas import aws, broker, jobs, storage
 from daas.aws import client
 from daas.config import Settings
 from daas.jobs import Rejected
@@ -227,17 +227,30 @@ def enqueue_page(settings: Settings, batch: dict, objects: list[dict], more: boo
 
 
 def advance(settings: Settings, batch: dict, budget: float = LIST_BUDGET) -> dict:
-    """List and enqueue more of a batch, for up to `budget` seconds; stops at a cancel."""
+    """List and enqueue more of a batch, for up to `budget` seconds; stops at a cancel. A page is
+    enqueued only while fewer than DAAS_BATCH_QUEUE_AHEAD messages wait in the classify queue: a
+    batch of millions never stands in one block before the jobs uploaded after it, and a cancel
+    leaves little to skip. (Measured on the local endpoint, where every SQS call scans the queue:
+    20,000 images enqueued at once ran at 59 images/s against 88 through /api/jobs.)"""
     deadline = time.monotonic() + budget
     if batch["listing"]["complete"]:
         return batch
     for objects, more in pages(settings, batch, batch["listing"]["after"]):
-        if cancelled(settings, batch["batch_id"]):
+        if cancelled(settings, batch["batch_id"]) or not room_in_queue(settings, deadline):
             break
         enqueue_page(settings, batch, objects, more)
         if time.monotonic() > deadline:
             break
     return batch
+
+
+def room_in_queue(settings: Settings, deadline: float) -> bool:
+    """Whether the classify queue has room for another page, waiting for it until `deadline`."""
+    while aws.queue_depth(settings)["visible"] >= settings.batch_queue_ahead:
+        if time.monotonic() + 1 > deadline:
+            return False
+        time.sleep(1)
+    return True
 
 
 def counts(settings: Settings, batch_id: str) -> tuple[int, int, float | None]:

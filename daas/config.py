@@ -96,6 +96,7 @@ class Settings:
     # complete, ask for the next tick at once).
     batch_sources: str = ""
     batch_interval: float = 10.0
+    batch_queue_ahead: int = 200  # classify-queue messages (chunks) a batch's lister lets wait at most
     # Completion callbacks (daas.callbacks): POSTed with an HMAC-SHA256 signature, retried with
     # backoff for up to callback_timeout seconds. URLs resolving to loopback, link-local or private
     # addresses are refused unless callback_allow_private is set (a test's own receiver).

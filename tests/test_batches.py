@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -304,3 +305,21 @@ def test_globs_match_below_the_prefix_and_chunks_are_checked():
     assert "keys" in batches.invalid_chunk("0" * 32, 3, [], 10)
     assert "keys" in batches.invalid_chunk("0" * 32, 3, ["a\nb"], 10)
     assert "chunk number" in batches.invalid_chunk("0" * 32, -1, ["a"], 10)
+
+
+def test_the_lister_pauses_while_the_queue_holds_enough_and_goes_on_after(local_aws, tmp_path, monkeypatch):
+    from tests.conftest import send_from_this_process
+
+    settings = make_settings(local_aws, tmp_path, batch_queue_ahead=3, images_per_task=10)
+    bucket = source_bucket(settings, {f"q/{n:03d}.jpg": b"x" for n in range(100)})
+    settings = send_from_this_process(settings.with_(batch_sources=bucket))
+    monkeypatch.setattr(batches, "PAGE_KEYS", 20)  # two chunks a page
+    batch = batches.new(settings, {"source": f"s3://{bucket}/q/"})
+    started = time.monotonic()
+    batches.advance(settings, batch, budget=2.5)
+    assert time.monotonic() - started >= 1.5  # it waited for room, up to its budget
+    assert batch["listing"]["enqueued"] == 40 and not batch["listing"]["complete"]  # 4 messages >= 3: paused
+    assert aws.queue_depth(settings)["visible"] == 4
+    aws.client("sqs", settings).purge_queue(QueueUrl=aws.queue_url(settings, settings.queue))
+    batches.advance(settings, batch, budget=2.5)
+    assert batch["listing"]["enqueued"] == 80  # room for two more pages, then full again
