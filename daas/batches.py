@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import hashlib
 import json
 import logging
 import re
@@ -60,12 +61,18 @@ def marks_prefix(batch_id: str) -> str:
     return f"batches/{batch_id}/done/"
 
 
-def mark_key(batch_id: str, chunk: int, images: int, errors: int) -> str:
-    return f"{marks_prefix(batch_id)}{chunk:09d}.{images}.{errors}"
+def chunk_name(chunk: int, keys: list[str]) -> str:
+    """A chunk's number and a digest of its keys: a chunk sent again after a resume has the same
+    name; one whose keys differ (objects added under the prefix meanwhile) never passes for it."""
+    return f"{chunk:09d}-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:12]}"
 
 
-def part_key(batch: dict, chunk: int) -> str:
-    return f"{batch['output']['prefix']}{batch['batch_id']}/part-{chunk:09d}.jsonl"
+def mark_key(batch_id: str, name: str, images: int, errors: int) -> str:
+    return f"{marks_prefix(batch_id)}{name}.{images}.{errors}"
+
+
+def part_key(batch: dict, name: str) -> str:
+    return f"{batch['output']['prefix']}{batch['batch_id']}/part-{name}.jsonl"
 
 
 def manifest_key(batch: dict) -> str:
@@ -199,49 +206,81 @@ def cancelled(settings: Settings, batch_id: str) -> bool:
     return exists(settings, cancel_key(batch_id))
 
 
-def enqueue_page(settings: Settings, batch: dict, objects: list[dict], more: bool) -> None:
-    """Enqueue a listed page's matching keys, ten chunks to a send, checkpointing after each send
-    (see the module's docstring), then the page's end."""
-    listing, matched = batch["listing"], [(i, obj) for i, obj in enumerate(objects) if matches(batch, obj["Key"])]
-    counted = 0  # objects of the page already in `listed`
-    groups = jobs.chunks(matched, settings.images_per_task)
-    for start in range(0, len(groups), broker.SEND_BATCH):
-        sent = groups[start:start + broker.SEND_BATCH]
-        broker.send_tasks(settings, TASK, [[batch["batch_id"], listing["chunks"] + n, [obj["Key"] for _, obj in chunk]]
-                                           for n, chunk in enumerate(sent)], settings.queue)
-        last_index, last = sent[-1][-1]
-        listing.update(chunks=listing["chunks"] + len(sent), after=last["Key"],
-                       enqueued=listing["enqueued"] + sum(map(len, sent)),
-                       listed=listing["listed"] + last_index + 1 - counted,
-                       bytes=listing["bytes"] + sum(obj["Size"] for chunk in sent for _, obj in chunk))
-        counted = last_index + 1
-        put_state(settings, batch)
-    if objects:
-        listing.update(after=objects[-1]["Key"], listed=listing["listed"] + len(objects) - counted)
-    listing["complete"] = not more
-    put_state(settings, batch)
-    from daas import metrics  # the controller's counters
-
-    metrics.batch_objects_listed.inc(len(objects))
-    metrics.batch_images_enqueued.inc(len(matched))
-
-
 def advance(settings: Settings, batch: dict, budget: float = LIST_BUDGET) -> dict:
     """List and enqueue more of a batch, for up to `budget` seconds; stops at a cancel. A page is
     enqueued only while fewer than DAAS_BATCH_QUEUE_AHEAD messages wait in the classify queue: a
     batch of millions never stands in one block before the jobs uploaded after it, and a cancel
     leaves little to skip. (Measured on the local endpoint, where every SQS call scans the queue:
-    20,000 images enqueued at once ran at 59 images/s against 88 through /api/jobs.)"""
-    deadline = time.monotonic() + budget
-    if batch["listing"]["complete"]:
+    20,000 images enqueued at once ran at 59 images/s against 88 through /api/jobs.)
+
+    Chunks are the matching keys taken DAAS_IMAGES_PER_TASK at a time in listing order, whatever
+    the pages: a resumed listing (from the checkpoint, the key before the first key not yet sent)
+    forms the same chunks with the same numbers, which the workers recognise (see `settled`)."""
+    deadline, listing = time.monotonic() + budget, batch["listing"]
+    if listing["complete"]:
         return batch
-    for objects, more in pages(settings, batch, batch["listing"]["after"]):
+    listed = Listed(listing["after"])
+    for objects, more in pages(settings, batch, listing["after"]):
         if cancelled(settings, batch["batch_id"]) or not room_in_queue(settings, deadline):
             break
-        enqueue_page(settings, batch, objects, more)
+        listed.add(batch, objects)
+        send_chunks(settings, batch, listed, final=not more)
+        if not more:
+            listing["complete"] = True
+            put_state(settings, batch)
+            break
         if time.monotonic() > deadline:
             break
     return batch
+
+
+class Listed:
+    """The keys listed since the checkpoint and not yet sent: (position, previous key, object)."""
+
+    def __init__(self, after: str):
+        self.pending: list[tuple[int, str, dict]] = []
+        self.position, self.last_key, self.counted = 0, after, 0
+
+    def add(self, batch: dict, objects: list[dict]) -> None:
+        for obj in objects:
+            self.position += 1
+            if matches(batch, obj["Key"]):
+                self.pending.append((self.position, self.last_key, obj))
+            self.last_key = obj["Key"]
+
+
+def send_chunks(settings: Settings, batch: dict, listed: Listed, final: bool) -> None:
+    """Send the full chunks pending (and, at the listing's end, the last short one), ten to a
+    SendMessageBatch, checkpointing after each send; then checkpoint what was listed past them."""
+    from daas import metrics  # the controller's counters
+
+    listing, size = batch["listing"], max(settings.images_per_task, 1)
+    while len(listed.pending) >= size or (final and listed.pending):
+        count = min(broker.SEND_BATCH * size, len(listed.pending) if final else len(listed.pending) // size * size)
+        group, listed.pending = listed.pending[:count], listed.pending[count:]
+        chunks = [[obj["Key"] for _, _, obj in group[i:i + size]] for i in range(0, len(group), size)]
+        broker.send_tasks(settings, TASK, [[batch["batch_id"], listing["chunks"] + n, keys]
+                                           for n, keys in enumerate(chunks)], settings.queue)
+        listing.update(chunks=listing["chunks"] + len(chunks), enqueued=listing["enqueued"] + len(group),
+                       bytes=listing["bytes"] + sum(obj["Size"] for _, _, obj in group))
+        metrics.batch_images_enqueued.inc(len(group))
+        checkpoint(settings, batch, listed, group[-1][0], group[-1][2]["Key"])
+    # Past the keys sent: up to the key before the first one pending (it starts the next chunk).
+    position, key = (listed.pending[0][0] - 1, listed.pending[0][1]) if listed.pending else (
+        listed.position, listed.last_key)
+    checkpoint(settings, batch, listed, position, key)
+
+
+def checkpoint(settings: Settings, batch: dict, listed: Listed, position: int, key: str) -> None:
+    """Record that the listing is done up to `key` (the `position`th object listed this turn)."""
+    from daas import metrics
+
+    if position <= listed.counted:
+        return
+    batch["listing"].update(after=key, listed=batch["listing"]["listed"] + position - listed.counted)
+    metrics.batch_objects_listed.inc(position - listed.counted)
+    listed.counted = position
+    put_state(settings, batch)
 
 
 def room_in_queue(settings: Settings, deadline: float) -> bool:
@@ -378,11 +417,11 @@ def invalid_chunk(batch_id: object, chunk: object, keys: object, most: int) -> s
     return None
 
 
-def settled(settings: Settings, batch_id: str, chunk: int) -> bool:
-    """Whether a chunk needs no work: its results exist (a message sent twice, or delivered again
-    after its worker stopped), or its batch was cancelled."""
+def settled(settings: Settings, batch_id: str, name: str) -> bool:
+    """Whether a chunk (see chunk_name) needs no work: its results exist (a message sent twice, or
+    delivered again after its worker stopped), or its batch was cancelled."""
     page = client("s3", settings).list_objects_v2(Bucket=settings.output_bucket, MaxKeys=1,
-                                                  Prefix=f"{marks_prefix(batch_id)}{chunk:09d}.")
+                                                  Prefix=f"{marks_prefix(batch_id)}{name}.")
     return bool(page.get("Contents")) or cancelled(settings, batch_id)
 
 
@@ -392,11 +431,11 @@ def line(document: dict) -> dict:
             "top5": document["top5"], "error": document["error"]}
 
 
-def store_part(settings: Settings, batch: dict, chunk: int, lines: list[dict]) -> None:
+def store_part(settings: Settings, batch: dict, name: str, lines: list[dict]) -> None:
     """Write a chunk's lines as one part, then its marker (a marker always has its part)."""
     s3 = client("s3", settings)
     body = "".join(json.dumps(entry) + "\n" for entry in lines).encode()
-    s3.put_object(Bucket=batch["output"]["bucket"], Key=part_key(batch, chunk), Body=body,
+    s3.put_object(Bucket=batch["output"]["bucket"], Key=part_key(batch, name), Body=body,
                   ContentType="application/x-ndjson")
     errors = sum(entry["error"] is not None for entry in lines)
-    s3.put_object(Bucket=settings.output_bucket, Key=mark_key(batch["batch_id"], chunk, len(lines), errors), Body=b"")
+    s3.put_object(Bucket=settings.output_bucket, Key=mark_key(batch["batch_id"], name, len(lines), errors), Body=b"")

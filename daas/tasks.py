@@ -67,11 +67,12 @@ def classify_objects(batch_id: str, chunk: int, keys: list[str]) -> int:
     if problem or batch is None:
         log.warning("dropping a daas.classify_objects task (not run): %s", problem or f"no batch {batch_id}")
         return 0
-    if batches.settled(settings(), batch_id, chunk):
-        log.info("batch %s: chunk %d is finished or cancelled: skipped", batch_id, chunk)
+    name = batches.chunk_name(chunk, keys)
+    if batches.settled(settings(), batch_id, name):
+        log.info("batch %s: chunk %s is finished or cancelled: skipped", batch_id, name)
         return 0
     documents = classify_keys(settings(), batch["source"]["bucket"], keys)
-    batches.store_part(settings(), batch, chunk, [batches.line(document) for document in documents])
+    batches.store_part(settings(), batch, name, [batches.line(document) for document in documents])
     return len(keys)
 
 
@@ -161,9 +162,10 @@ def batch_chunk_args(body: str) -> tuple[str, int, list[str]] | None:
 def record_failure_of_chunk(cfg: config.Settings, batch_id: str, chunk: int, keys: list[str], message: str) -> int:
     """Error lines for a dead-lettered chunk of a batch, unless it finished after all."""
     batch = batches.get_state(cfg, batch_id)
-    if batch is None or batches.settled(cfg, batch_id, chunk):
+    name = batches.chunk_name(chunk, keys)
+    if batch is None or batches.settled(cfg, batch_id, name):
         return 0
-    batches.store_part(cfg, batch, chunk, [{"key": key, "label": None, "score": None, "top5": [], "error": message}
+    batches.store_part(cfg, batch, name, [{"key": key, "label": None, "score": None, "top5": [], "error": message}
                                            for key in keys])
     return len(keys)
 

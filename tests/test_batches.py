@@ -229,7 +229,7 @@ def test_a_cancelled_batch_skips_the_chunks_not_started(local_aws, tmp_path):
         assert (batch["status"], batch["done"], batch["errors"]) == ("cancelled", 0, 0)
         assert parts(settings, f"batch-results/{batch_id}/") == []
         log = (tmp_path / "logs" / "worker.log").read_text()
-        assert len(re.findall(rf"batch {batch_id}: chunk \d+ is finished or cancelled: skipped", log)) == 6
+        assert len(re.findall(rf"batch {batch_id}: chunk \d+-[0-9a-f]+ is finished or cancelled: skipped", log)) == 6
 
 
 LISTER = """
@@ -323,3 +323,35 @@ def test_the_lister_pauses_while_the_queue_holds_enough_and_goes_on_after(local_
     aws.client("sqs", settings).purge_queue(QueueUrl=aws.queue_url(settings, settings.queue))
     batches.advance(settings, batch, budget=2.5)
     assert batch["listing"]["enqueued"] == 80  # room for two more pages, then full again
+
+
+def test_a_chunk_sent_again_after_a_lost_checkpoint_has_the_same_number_and_keys(local_aws, tmp_path, monkeypatch):
+    """The kill that the resume test may or may not hit, made certain: a send whose checkpoint was
+    lost, resumed with another page size. Every chunk number goes out with the same keys each time
+    (so a worker skips the second copy), and every key is in a chunk."""
+    from daas import tasks
+    from tests.conftest import send_from_this_process
+
+    settings = make_settings(local_aws, tmp_path, images_per_task=10)
+    bucket = source_bucket(settings, {f"c/{n:03d}.jpg": b"x" for n in range(100)})
+    settings = send_from_this_process(settings.with_(batch_sources=bucket))
+    batch = batches.new(settings, {"source": f"s3://{bucket}/c/"})
+    monkeypatch.setattr(batches, "PAGE_KEYS", 25)
+    batches.advance(settings, batch, budget=0)  # one page: chunks 0 and 1 sent, keys 20-24 left for later
+    lost = json.loads(json.dumps(batch))
+    batches.advance(settings, batch, budget=0)  # chunks 2 and 3 sent: then "killed" before its checkpoint
+    assert (lost["listing"]["chunks"], batch["listing"]["chunks"]) == (2, 4)
+    monkeypatch.setattr(batches, "PAGE_KEYS", 1000)
+    while not lost["listing"]["complete"]:
+        batches.advance(settings, lost)
+    sqs, url = aws.client("sqs", settings), aws.queue_url(settings, settings.queue)
+    sent: dict[int, list] = {}
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in messages:
+            batch_id, chunk, keys = tasks.batch_chunk_args(message["Body"])
+            sent.setdefault(chunk, []).append(keys)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    assert sorted(sent) == list(range(10)) and [len(copies) for _, copies in sorted(sent.items())] == [1, 1, 2, 2] + [1] * 6
+    assert all(copies[0] == copies[-1] for copies in sent.values())
+    assert sorted(key for copies in sent.values() for key in copies[0]) == [f"c/{n:03d}.jpg" for n in range(100)]
+    assert (lost["listing"]["listed"], lost["listing"]["enqueued"]) == (100, 100)
