@@ -10,15 +10,17 @@ then a marker whose name carries its counts; progress is the count of markers.
 In the output bucket, under `batches/<batch_id>/`:
   state.json           the definition, and the listing's checkpoint (the lister's only)
   cancelled            present once cancelled (written by the web tier: never two writers of a key)
-  done/<chunk>.<n>.<errors>   one empty marker per finished chunk (the workers')
+  done/<name>.<n>.<errors>   one empty marker per finished chunk (the workers')
 and `batches/active/<batch_id>`, the controller's list of batches to follow. Results:
-`<output prefix><batch_id>/part-<chunk>.jsonl` and, at the end, `.../manifest.json`.
+`<output prefix><batch_id>/part-<name>.jsonl` and, at the end, `.../manifest.json`. A chunk's name
+is its number and a digest of its keys (chunk_name).
 
-Resuming: the checkpoint is the last key enqueued (ListObjectsV2's StartAfter), written after each
-SendMessageBatch, so a lister killed at any point starts again at the next key. Only the ten chunks
-of a send that succeeded just before the kill can go out again (no store spans S3 and SQS in one
-transaction); chunks are numbered by the checkpoint, so a resent chunk has the same number, and a
-worker skips a chunk whose marker exists: no image is classified or written twice.
+Resuming: the checkpoint is the key before the first key not yet enqueued (ListObjectsV2's
+StartAfter), written after each SendMessageBatch, so a lister killed at any point starts again at
+the next key. Only the ten chunks of a send that succeeded just before the kill can go out again
+(no store spans S3 and SQS in one transaction); chunks are the matching keys taken
+DAAS_IMAGES_PER_TASK at a time in listing order, whatever the pages, so a resent chunk has the same
+name, and a worker skips a chunk whose marker exists: no image is classified or written twice.
 """
 from __future__ import annotations
 
