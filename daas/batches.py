@@ -172,18 +172,11 @@ def nudge(settings: Settings) -> None:
 
 
 def put_state(settings: Settings, batch: dict) -> None:
-    client("s3", settings).put_object(Bucket=settings.output_bucket, Key=state_key(batch["batch_id"]),
-                                      Body=json.dumps(batch).encode(), ContentType="application/json")
+    storage.put_json(settings, state_key(batch["batch_id"]), batch)
 
 
 def get_state(settings: Settings, batch_id: str) -> dict | None:
-    if not storage.is_id(batch_id):
-        return None
-    s3 = client("s3", settings)
-    try:
-        return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=state_key(batch_id))["Body"].read())
-    except s3.exceptions.NoSuchKey:
-        return None
+    return storage.get_json(settings, state_key(batch_id)) if storage.is_id(batch_id) else None
 
 
 @functools.lru_cache(maxsize=64)

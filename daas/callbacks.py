@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from daas import storage
 from daas.aws import client
 from daas.config import Settings
 
@@ -88,13 +89,13 @@ def check_url(settings: Settings, url: object) -> str:
 
 def register(settings: Settings, kind: str, item_id: str, url: str, secret: str, owner: str) -> None:
     """Remember to call `url` once the job or batch `item_id` has finished."""
-    _put(settings, f"{PENDING}{kind}-{item_id}.json",
+    storage.put_json(settings, f"{PENDING}{kind}-{item_id}.json",
          {"kind": kind, "id": item_id, "url": url, "secret": secret, "owner": owner, "created": time.time()})
 
 
 def outcome(settings: Settings, kind: str, item_id: str) -> dict:
     """What became of a callback: its outcome once known, else {"status": "pending"}."""
-    return _get(settings, f"{OUTCOME}{kind}-{item_id}.json") or {"status": "pending"}
+    return storage.get_json(settings, f"{OUTCOME}{kind}-{item_id}.json") or {"status": "pending"}
 
 
 def deliver(settings: Settings, url: str, secret: str, summary: dict, sleep=time.sleep) -> dict:
@@ -138,7 +139,7 @@ def tick(settings: Settings) -> dict[str, str]:
             with _lock:
                 if key in _delivering:
                     continue
-            record = _get(settings, key)
+            record = storage.get_json(settings, key)
             summary = record and finished_summary(settings, record)
             if summary:
                 with _lock:
@@ -162,7 +163,7 @@ def finished_summary(settings: Settings, record: dict) -> dict | None:
 def _deliver_and_record(settings: Settings, key: str, record: dict, summary: dict) -> None:
     try:
         result = deliver(settings, record["url"], record["secret"], summary)
-        _put(settings, f"{OUTCOME}{record['kind']}-{record['id']}.json", result)
+        storage.put_json(settings, f"{OUTCOME}{record['kind']}-{record['id']}.json", result)
         client("s3", settings).delete_object(Bucket=settings.output_bucket, Key=key)
         from daas import metrics
 
@@ -174,16 +175,3 @@ def _deliver_and_record(settings: Settings, key: str, record: dict, summary: dic
     finally:
         with _lock:
             _delivering.discard(key)
-
-
-def _put(settings: Settings, key: str, document: dict) -> None:
-    client("s3", settings).put_object(Bucket=settings.output_bucket, Key=key, Body=json.dumps(document).encode(),
-                                      ContentType="application/json")
-
-
-def _get(settings: Settings, key: str) -> dict | None:
-    s3 = client("s3", settings)
-    try:
-        return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=key)["Body"].read())
-    except s3.exceptions.NoSuchKey:
-        return None

@@ -55,12 +55,12 @@ def get_image(settings: Settings, key: str) -> bytes:
     return client("s3", settings).get_object(Bucket=settings.input_bucket, Key=key)["Body"].read()
 
 
-def _put_json(settings: Settings, key: str, document: dict | list) -> None:
+def put_json(settings: Settings, key: str, document: dict | list) -> None:
     client("s3", settings).put_object(Bucket=settings.output_bucket, Key=key,
                                       Body=json.dumps(document).encode(), ContentType="application/json")
 
 
-def _get_json(settings: Settings, key: str) -> dict | list | None:
+def get_json(settings: Settings, key: str) -> dict | list | None:
     s3 = client("s3", settings)
     try:
         return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=key)["Body"].read())
@@ -80,19 +80,19 @@ def results_key(job_id: str, first_image_id: str) -> str:
 def put_results(settings: Settings, job_id: str, results: list[dict]) -> None:
     """Store the results of a chunk's images, in order, in one object (written once: a chunk has
     all its results or none)."""
-    _put_json(settings, results_key(job_id, results[0]["id"]), results)
+    put_json(settings, results_key(job_id, results[0]["id"]), results)
 
 
 def get_results(settings: Settings, key: str) -> list[dict] | None:
-    return _get_json(settings, key)
+    return get_json(settings, key)
 
 
 def put_manifest(settings: Settings, manifest: dict) -> None:
-    _put_json(settings, manifest_key(manifest["job_id"]), manifest)
+    put_json(settings, manifest_key(manifest["job_id"]), manifest)
 
 
 def get_manifest(settings: Settings, job_id: str) -> dict | None:
-    return _get_json(settings, manifest_key(job_id))
+    return get_json(settings, manifest_key(job_id))
 
 
 def finished_keys(settings: Settings, job_id: str) -> set[str]:
