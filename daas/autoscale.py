@@ -1,4 +1,5 @@
-"""The autoscaler: a beat-driven task on the control queue that launches workers for the backlog.
+"""The autoscaler: a beat-driven task on the control queue that launches workers for the backlog,
+as the boot-aware policy (daas.scaling) says from what the controller measured (daas.observed).
 
 Scale-out only: workers scale themselves in by powering off when idle (daas.lifecycle), so the
 scaler never stops a busy worker and cannot thrash around a boundary. Broken workers are ended by
@@ -8,32 +9,18 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
 import time
 
 from celery.beat import PersistentScheduler
 
-from daas import aws, config, health, timeline
+from daas import aws, config, fleet, health, scaling, timeline
 from daas.celery_app import app
+from daas.observed import Observed
 from daas.providers import Provider, make_provider
 from daas.watchdog import notify
 
 log = logging.getLogger(__name__)
-
-
-def launches(visible: int, in_flight: int, running: int, starting: int, *,
-             target: int, minimum: int, maximum: int) -> int:
-    """Workers to launch now. Booting workers count as capacity, so a slow boot launches no second wave.
-
-    desired = clamp(ceil((visible + in_flight) / target), minimum, maximum). Messages in flight
-    count even with nothing visible: those of a killed worker are in flight until their visibility
-    timeout (DAAS_VISIBILITY_TIMEOUT, 20 s) brings them back, and a worker launched for them now is
-    ready by then. Messages held by live workers are their own backlog: with a prefetch of one,
-    each busy worker holds one, and desired equals the busy workers.
-    """
-    desired = min(max(math.ceil((visible + in_flight) / max(target, 1)), minimum), maximum)
-    return max(0, desired - (running + starting))
 
 
 @functools.cache
@@ -41,35 +28,61 @@ def provider() -> Provider:
     return make_provider(config.load())
 
 
-def measure(settings: config.Settings, workers: Provider) -> dict:
-    """What the scaler decides on, and what GET /api/status serves (from the latest tick)."""
-    depth = aws.queue_depth(settings)
-    running, starting = workers.counts()
-    return {"queue": depth, "workers": {"running": running, "starting": starting}, "provider": settings.provider}
+@functools.cache
+def observed() -> Observed:
+    return Observed(config.load())
+
+
+def measure(settings: config.Settings, workers: Provider, seen: Observed | None = None) -> dict:
+    """What the scaler decides on, and what GET /api/status serves (from the latest tick): the
+    queue's depth, and the workers by their heartbeats (one LIST): running (consuming), starting
+    (booting since `starting` seconds ago), retiring (stopped consuming; not capacity)."""
+    seen = seen or Observed(settings)
+    depth, now = aws.queue_depth(settings), time.time()
+    beats = fleet.heartbeats(settings)
+    latest = fleet.latest_by_worker(beats, fleet.owners(beats, workers.worker_id))
+    view = seen.view(workers.workers(), latest, now, settings.stale_after)
+    return {"queue": depth, "provider": settings.provider,
+            "workers": {"running": view.ready, "starting": len(view.starting), "retiring": view.retiring},
+            "starting_s": [round(age, 1) for age in view.starting],
+            "estimates": {"boot_s": round(seen.boot, 1), "images_per_s": round(seen.rate, 2)}}
 
 
 # The controller runs its tasks on threads (see daas.cli): a beat tick and an upload's nudge may
-# arrive together, and two decisions on the same counts would launch twice what is needed.
+# arrive together, and two decisions on the same counts would launch twice what is needed. A
+# nudge that finds a decision running never waits for it (under EC2 throttling one decision can
+# take many seconds): it asks the running one to decide once more when it is done.
 _deciding = threading.Lock()
+_again = threading.Event()
 
 
 @app.task(name="daas.scale", ignore_result=True)
 def scale() -> int:
-    with _deciding:
-        return _scale()
+    _again.set()
+    launched = 0
+    while _again.is_set() and _deciding.acquire(blocking=False):
+        try:
+            _again.clear()
+            launched += _scale()
+        finally:
+            _deciding.release()
+    return launched
 
 
 def _scale() -> int:
-    settings, workers = config.load(), provider()
-    status = measure(settings, workers)
+    settings, workers, seen = config.load(), provider(), observed()
+    status = measure(settings, workers, seen)
     depth, counts = status["queue"], status["workers"]
-    count = launches(depth["visible"], depth["in_flight"], counts["running"], counts["starting"],
-                     target=settings.scale_target, minimum=settings.scale_min, maximum=settings.scale_max)
+    count = scaling.boot_aware(
+        scaling.Fleet(backlog=(depth["visible"] + depth["in_flight"]) * settings.images_per_task,
+                      ready=counts["running"], starting=tuple(status["starting_s"]), rate=seen.rate, boot=seen.boot),
+        scaling.Limits(settings.scale_drain_target, settings.scale_min, settings.scale_max))
     launched, refused = _launch(workers, count, settings.scale_interval)
     now = time.time()
     health.record(settings, health.TICK, {"t": now, "interval": settings.scale_interval, **status,
                                           "launched": launched, "refused": refused})
-    timeline.append(settings.state_dir, {"t": now, **depth, **counts, "launched": launched})
+    timeline.append(settings.state_dir, {"t": now, **depth, "running": counts["running"],
+                                         "starting": counts["starting"], "launched": launched})
     return launched
 
 

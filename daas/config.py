@@ -110,7 +110,14 @@ class Settings:
     scale_interval: float = 5.0
     scale_min: int = 0
     scale_max: int = 0       # default: the core count locally, 20 on EC2
-    scale_target: int = 1    # tasks (each up to images_per_task images) per worker
+    # The boot-aware policy (daas.scaling): drain the backlog within this many seconds, launching
+    # only workers that arrive before it drains. Until the controller has measured its workers
+    # (daas.observed), it assumes these: images a second one worker classifies (a solo worker on
+    # one core of this project's machine, OpenVINO: README, Performance) and seconds from a launch
+    # to the first heartbeat (default: 5 locally, 120 on EC2).
+    scale_drain_target: float = 60.0
+    scale_worker_rate: float = 20.0
+    scale_boot_time: float = 0.0
     # EC2 provider
     ec2_launch_template: str = ""
     ec2_ami: str = ""
@@ -127,6 +134,7 @@ class Settings:
             "queue": f"{self.stack}-classify",
             "control_queue": f"{self.stack}-control",
             "scale_max": (os.cpu_count() or 1) if self.provider == "local" else 20,
+            "scale_boot_time": 5.0 if self.provider == "local" else 120.0,
         }
         for name, value in derived.items():
             if not getattr(self, name):

@@ -61,6 +61,15 @@ def beat(settings: Settings, node: str, record: dict, s3=None) -> None:
                                               Body=json.dumps(record).encode(), ContentType="application/json")
 
 
+def read(settings: Settings, name: str) -> dict | None:
+    """A record, named as `heartbeats` names it; None if it is gone (its worker exited meanwhile)."""
+    s3 = client("s3", settings)
+    try:
+        return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=PREFIX + name)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
 def forget(settings: Settings, name: str) -> None:
     """Delete a record, named as `heartbeats` names it (or as `record_name` does)."""
     client("s3", settings).delete_object(Bucket=settings.output_bucket, Key=PREFIX + name)

@@ -41,6 +41,8 @@ def install(app, cfg: config.Settings, node: str, register_in: str | None = None
     signals.worker_init.connect(lambda **_: watchdog.start(), weak=False)
     signals.worker_ready.connect(watchdog.ready, weak=False)
     signals.worker_ready.connect(heartbeat.ready, weak=False)
+    signals.task_prerun.connect(heartbeat.task_started, weak=False)
+    signals.task_postrun.connect(heartbeat.task_done, weak=False)
     signals.worker_shutdown.connect(lambda **_: (watchdog.stop(), heartbeat.forget()), weak=False)
     if cfg.idle_timeout > 0 or cfg.max_lifetime > 0:
         app.steps["consumer"].add(Retirement)
@@ -125,10 +127,22 @@ class Heartbeat:
     """The worker's record in the output bucket (daas.fleet), written once it consumes and then
     every DAAS_HEARTBEAT_INTERVAL while it makes progress; deleted when it exits cleanly. A PUT gives
     up within a round (daas.aws.duty_client): one slow PUT delays the next beat by a round at most,
-    instead of leaving the record to age until the controller ends a healthy worker (issue 16)."""
+    instead of leaving the record to age until the controller ends a healthy worker (issue 16).
+    The record counts the images classified and the seconds spent in tasks: the controller's
+    scaling policy learns a worker's images per second from them (daas.observed)."""
 
     def __init__(self, cfg: config.Settings, node: str):
         self.cfg, self.node, self.started, self.consuming = cfg, node, time.time(), False
+        self.images, self.busy_s, self.task_began = 0, 0.0, None
+
+    def task_started(self, **_) -> None:
+        self.task_began = time.monotonic()
+
+    def task_done(self, retval=None, **_) -> None:
+        if self.task_began is not None:
+            self.busy_s += time.monotonic() - self.task_began
+            self.images += retval if isinstance(retval, int) else 0
+            self.task_began = None
 
     def ready(self, **_) -> None:
         self.consuming = True
@@ -137,7 +151,8 @@ class Heartbeat:
     def beat(self) -> None:
         if self.consuming:
             fleet.beat(self.cfg, self.node, {"node": self.node, "pid": os.getpid(), "host": socket.gethostname(),
-                                             "started": self.started, "beat": time.time()},
+                                             "started": self.started, "beat": time.time(),
+                                             "images": self.images, "busy_s": round(self.busy_s, 3)},
                        duty_client("s3", self.cfg, self.cfg.heartbeat_interval))
 
     def forget(self) -> None:

@@ -9,6 +9,7 @@ import socket
 import string
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -138,22 +139,52 @@ def instance_states(described: dict[str, tuple[str, float]], remembered: dict[st
     return live
 
 
+THROTTLED = ("RequestLimitExceeded", "Throttling", "ThrottlingException")
+
+
 class EC2Provider:
-    """Workers are EC2 instances booted from the worker AMI, found again by their tags."""
+    """Workers are EC2 instances booted from the worker AMI, found again by their tags.
+
+    DescribeInstances is asked at most once a scaling tick (the decision, housekeeping and the
+    status share the answer): EC2 throttles an account's describes as a whole, and a controller
+    that described on every nudge could starve its own launches. While EC2 throttles it anyway,
+    the workers are counted from the last answer (and the launches since, see `instance_states`)."""
 
     def __init__(self, settings: config.Settings):
         self.settings = settings
         self.ec2 = aws.client("ec2", settings)
         # Recent launches, kept on disk so that a restarted controller remembers them too.
         self.launches_file = settings.state_dir / "ec2-launches.json"
+        self.answer: tuple[float, dict[str, tuple[str, float]]] | None = None  # (monotonic, described)
+        self.lock = threading.Lock()
 
     def _described(self) -> dict[str, tuple[str, float]]:
         """{instance id: (state, launched)} of every instance of this stack DescribeInstances lists."""
+        with self.lock:
+            if self.answer and time.monotonic() - self.answer[0] < self.settings.scale_interval:
+                return self.answer[1]
         filters = [{"Name": f"tag:{ROLE_TAG}", "Values": ["worker"]},
                    {"Name": f"tag:{STACK_TAG}", "Values": [self.settings.stack]}]
-        return {instance["InstanceId"]: (instance["State"]["Name"], instance["LaunchTime"].timestamp())
-                for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
-                for reservation in page["Reservations"] for instance in reservation["Instances"]}
+        try:
+            described = {instance["InstanceId"]: (instance["State"]["Name"], instance["LaunchTime"].timestamp())
+                         for page in self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
+                         for reservation in page["Reservations"] for instance in reservation["Instances"]}
+        except ClientError as exc:
+            if exc.response["Error"].get("Code") not in THROTTLED or self.answer is None:
+                raise
+            log.warning("EC2 throttled DescribeInstances: counting workers from its answer of %.0f s ago",
+                        time.monotonic() - self.answer[0])
+            return self.answer[1]
+        with self.lock:
+            self.answer = (time.monotonic(), described)
+        return described
+
+    def _forget_answer(self) -> None:
+        """After a launch or a termination: the next count asks again (the last answer stays the
+        fallback while EC2 throttles)."""
+        with self.lock:
+            if self.answer:
+                self.answer = (-float("inf"), self.answer[1])
 
     def _remembered(self) -> dict[str, float]:
         return state.read_json(self.launches_file, {})
@@ -176,6 +207,7 @@ class EC2Provider:
     def terminate(self, ids: list[str]) -> None:
         if ids:
             self.ec2.terminate_instances(InstanceIds=ids)
+            self._forget_answer()
 
     def worker_id(self, pid: int, host: str) -> str | None:
         return host if host.startswith("i-") else None
@@ -195,6 +227,7 @@ class EC2Provider:
                 break
             ids = [instance["InstanceId"] for instance in answer["Instances"]]
             self._remember(ids)
+            self._forget_answer()
             launched += ids
 
     def launch_parameters(self, count: int) -> dict:

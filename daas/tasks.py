@@ -228,14 +228,18 @@ def housekeeping() -> dict:
     """The controller's periodic housekeeping (every DAAS_SWEEP_INTERVAL): end broken workers, then
     delete what dead processes left behind. A run that finds the previous one still going (the
     controller's tasks run on threads) skips: the next one does the work."""
-    from daas.autoscale import provider
+    from daas.autoscale import observed, provider
 
     if not _housekeeping.acquire(blocking=False):
         log.warning("housekeeping skipped: the previous run is still going")
         return {}
     try:
         cfg = settings()
-        ended, _ = end_broken_workers(cfg, provider())
+        ended, live = end_broken_workers(cfg, provider())
+        try:
+            learn_worker_rates(cfg, live, provider(), observed())
+        except Exception as exc:  # the policy keeps its last estimate; the sweep goes on
+            log.warning("could not read the workers' counts (the scaler keeps its estimate): %r", exc)
         return {"ended": ended, "removed": sweep(cfg)}
     finally:
         _housekeeping.release()
@@ -261,6 +265,17 @@ def end_broken_workers(cfg: config.Settings, workers) -> tuple[dict[str, str], s
         else:
             fleet.forget(cfg, node)
     return ended, live_nodes
+
+
+def learn_worker_rates(cfg: config.Settings, live: set[str], workers, seen) -> None:
+    """Read the live workers' records (one GET each) and let the scaling policy learn from their
+    counts how many images a second one worker classifies (daas.observed)."""
+    by_worker: dict[str, list[dict]] = {}
+    for name, worker_id in fleet.owners(dict.fromkeys(live), workers.worker_id).items():
+        record = fleet.read(cfg, name) if worker_id is not None else None
+        if record is not None:
+            by_worker.setdefault(worker_id, []).append(record)
+    seen.learn_rates(by_worker)
 
 
 def sweep(cfg: config.Settings, expires_after: float | None = None, page_size: int = 1000) -> list[str]:

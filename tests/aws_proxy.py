@@ -14,6 +14,9 @@ from urllib.parse import unquote, urlsplit
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
                "expect", "content-length"}
+THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded'
+             b"</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>proxy</RequestID>"
+             b"</Response>")
 ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
                  b"<Message>Access Denied</Message><RequestId>proxy</RequestId></Error>")
 
@@ -27,11 +30,15 @@ class Rule:
     hold: float = 0.0              # seconds to hold the request before forwarding it
     deny: str = ""                 # "missing": a 404 from moto becomes 403; "all": every answer is 403
     once_per_path: bool = False    # hold each path once only (one slow call, not an outage)
+    action: str = ""               # only query-API calls of this Action (EC2, SQS's query form)
+    throttle_until: float = 0.0    # epoch seconds: until then answer RequestLimitExceeded, as EC2 does
     seen: set[str] = field(default_factory=set)
+    count: int = 0                 # requests that matched
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         return method == self.method and path.startswith(self.prefix) and not (
-            self.once_per_path and path in self.seen)
+            self.once_per_path and path in self.seen) and (
+            not self.action or f"Action={self.action}&".encode() in body + b"&")
 
 
 class AwsProxy:
@@ -55,10 +62,20 @@ class AwsProxy:
             self.rules.append(rule)
         return rule
 
-    def hold_for(self, method: str, path: str) -> float:
+    def throttles(self, method: str, path: str, body: bytes) -> bool:
+        """Count the calls that match a rule of `action`; True if one of them is throttled now."""
+        throttled = False
         with self.lock:
             for rule in self.rules:
-                if rule.hold and rule.matches(method, path):
+                if rule.action and rule.matches(method, path, body):
+                    rule.count += 1
+                    throttled = throttled or time.time() < rule.throttle_until
+        return throttled
+
+    def hold_for(self, method: str, path: str, body: bytes = b"") -> float:
+        with self.lock:
+            for rule in self.rules:
+                if rule.hold and rule.matches(method, path, body):
                     rule.seen.add(path)
                     self.held.append((time.time(), method, path))
                     return rule.hold
@@ -98,10 +115,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def relay(self) -> None:
         body, path = self.body(), unquote(urlsplit(self.path).path)
-        held = self.proxy.hold_for(self.command, path)
+        held = self.proxy.hold_for(self.command, path, body)
         if held:
             time.sleep(held)
-        status, reason, headers, payload = self.forward(body)
+        if self.proxy.throttles(self.command, path, body):
+            status, reason, headers, payload = 503, "Service Unavailable", [("Content-Type", "text/xml")], THROTTLED
+        else:
+            status, reason, headers, payload = self.forward(body)
         if self.proxy.denies(self.command, path, status):
             status, reason, headers, payload = 403, "Forbidden", [("Content-Type", "application/xml")], ACCESS_DENIED
         self.send_response_only(status, reason)

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from daas import autoscale, aws, config, fleet
+from daas import autoscale, aws, config, fleet, scaling
 from daas.providers import ROLE_TAG, STACK_TAG, EC2Provider, make_provider
 from tests.conftest import make_settings
 
@@ -35,7 +35,7 @@ def network(local_aws) -> dict[str, str]:
 @pytest.fixture
 def ec2_settings(local_aws, tmp_path, network) -> config.Settings:
     """A fresh stack (own buckets, queues and tag) with the EC2 provider."""
-    return make_settings(local_aws, tmp_path, provider="ec2", scale_target=3, **network)
+    return make_settings(local_aws, tmp_path, provider="ec2", scale_worker_rate=1.0, **network)
 
 
 def _instances(settings: config.Settings) -> list[dict]:
@@ -166,9 +166,9 @@ POLICY = [
 
 
 @pytest.mark.parametrize("row, expected", POLICY)
-def test_launches(row, expected):
+def test_the_per_message_policy(row, expected):
     visible, in_flight, running, starting, target, minimum, maximum = row
-    assert autoscale.launches(visible, in_flight, running, starting,
+    assert scaling.per_message(visible, in_flight, running, starting,
                               target=target, minimum=minimum, maximum=maximum) == expected
 
 
@@ -183,19 +183,84 @@ def test_scale_measures_the_queue_and_launches_ec2_workers_once(ec2_settings, mo
     provider = EC2Provider(ec2_settings)
     status = autoscale.measure(ec2_settings, provider)
     assert status["queue"] == {"visible": 20, "in_flight": 5}
-    assert status["workers"] == {"running": 0, "starting": 0} and status["provider"] == "ec2"
+    assert status["workers"] == {"running": 0, "starting": 0, "retiring": 0} and status["provider"] == "ec2"
 
     # The beat task itself, configured from the environment as in the controller process.
     for name, value in config.to_env(ec2_settings).items():
         monkeypatch.setenv(name, value)
     autoscale.provider.cache_clear()
     try:
-        assert autoscale.scale() == 9  # ceil(25 / DAAS_SCALE_TARGET=3)
-        assert sum(autoscale.measure(ec2_settings, provider)["workers"].values()) == 9
-        assert autoscale.scale() == 0  # the nine just launched are capacity already
+        # 25 messages of 10 images at 1 image/s per worker, boots of 120 s: one to start with (0 -> 1),
+        # then enough for the 250 images to be done 240 s from now (a deadline of two boots).
+        assert autoscale.scale() == 3
+        assert autoscale.measure(ec2_settings, provider)["workers"]["starting"] == 3
+        assert autoscale.scale() == 0  # the three just launched are capacity already
     finally:
         autoscale.provider.cache_clear()
-    assert len(_instances(ec2_settings)) == 9
+    assert len(_instances(ec2_settings)) == 3
+
+
+def _fill_queue(settings: config.Settings, messages: int) -> None:
+    sqs, url = aws.client("sqs", settings), aws.queue_url(settings, settings.queue)
+    for start in range(0, messages, 10):
+        sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(n), "MessageBody": f"image {n}"} for n in range(start, min(start + 10, messages))])
+
+
+def test_the_controller_stays_responsive_while_ec2_throttles(local_aws, tmp_path, network, monkeypatch, caplog):
+    """Issue 19: describes are shared for a tick, a nudge never waits behind a running decision, and
+    a tick while EC2 answers RequestLimitExceeded is decided and recorded from the last answer."""
+    import threading
+
+    from daas import health, timeline
+    from tests.aws_proxy import AwsProxy, Rule
+
+    with AwsProxy(local_aws) as proxy:
+        settings = make_settings(proxy.url, tmp_path, provider="ec2", scale_interval=2.0, scale_worker_rate=1.0,
+                                 **network)
+        _fill_queue(settings, 25)
+        for name, value in config.to_env(settings).items():
+            monkeypatch.setenv(name, value)
+        autoscale.provider.cache_clear()
+        autoscale.observed.cache_clear()
+        describes = proxy.add(Rule("POST", "/", action="DescribeInstances"))
+        try:
+            assert autoscale.scale() == 3
+            # One describe a tick: the decisions and housekeeping within it share the answer (a
+            # launch makes the next one ask again).
+            asked = describes.count
+            assert autoscale.scale() == 0 and autoscale.scale() == 0
+            autoscale.provider().workers()
+            assert describes.count == asked + 1
+
+            # A nudge while a decision waits on a slow describe returns at once; the running decision
+            # decides once more when it is done, so the nudge's backlog is not missed.
+            slow = proxy.add(Rule("POST", "/", action="DescribeInstances", hold=3.0))
+            time.sleep(settings.scale_interval)
+            decisions = len(timeline.read(settings.state_dir))
+            deciding = threading.Thread(target=autoscale.scale)
+            deciding.start()
+            deadline = time.monotonic() + 10
+            while not slow.count and time.monotonic() < deadline:
+                time.sleep(0.05)
+            started = time.monotonic()
+            assert autoscale.scale() == 0
+            assert time.monotonic() - started < 1.0, "the nudge waited behind the running decision"
+            deciding.join(30)
+            assert len(timeline.read(settings.state_dir)) == decisions + 2
+            slow.hold = 0.0
+
+            # Throttled for a while: the tick is still decided and recorded, from the last answer.
+            describes.throttle_until = time.time() + 120
+            time.sleep(settings.scale_interval)
+            started = time.time()
+            assert autoscale.scale() == 0
+            tick = health.read(settings, health.TICK)
+            assert tick["t"] >= started and tick["workers"]["starting"] == 3 and not tick["refused"]
+            assert "EC2 throttled DescribeInstances" in caplog.text
+        finally:
+            autoscale.provider.cache_clear()
+            autoscale.observed.cache_clear()
 
 
 # -- the EC2 lifecycle: launches and ends -------------------------------------------------------------

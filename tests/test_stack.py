@@ -42,7 +42,7 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
         assert "s3cret" not in banner  # a password is never printed
         assert requests.get(f"{web}/healthz", timeout=10).status_code == 200
         status = requests.get(f"{web}/api/status", timeout=10).json()
-        assert status["workers"] == {"running": 0, "starting": 0} and status["provider"] == "local"
+        assert status["workers"] == {"running": 0, "starting": 0, "retiring": 0} and status["provider"] == "local"
 
         # 30 images through the CLI, with zero workers at the start.
         folder = tmp_path / "photos"
@@ -74,7 +74,7 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
                                   env=env, capture_output=True, text=True, timeout=60)
         assert timeline.returncode == 0 and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
         wait_for(lambda: requests.get(f"{web}/api/status", timeout=10).json()["workers"]
-                 == {"running": 0, "starting": 0}, 60, "workers to power off")
+                 == {"running": 0, "starting": 0, "retiring": 0}, 60, "workers to power off")
         assert not subprocess.run(["pgrep", "-f", "daas worker", "-s", str(up.pid)]).returncode == 0
 
         # A crashed controller is restarted, as a supervisor would.

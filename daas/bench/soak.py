@@ -302,7 +302,7 @@ class Soak:
 
     def idle_gap(self) -> None:
         """Wait until the pool has gone to zero, as it does after DAAS_IDLE_TIMEOUT idle seconds."""
-        self.wait_until(lambda: self.status()["workers"] == {"running": 0, "starting": 0},
+        self.wait_until(lambda: self.status()["workers"] == {"running": 0, "starting": 0, "retiring": 0},
                         self.settings.idle_timeout + 120, "the pool to go to zero")
 
     def answers(self, path: str) -> bool:

@@ -1,0 +1,86 @@
+"""What the controller learns of its workers for the scaling policy (daas.scaling).
+
+- Which workers serve, boot or retire, from the heartbeat records (daas.fleet: one LIST a tick):
+  a worker with a fresh record serves; one without a record that never had one boots; one whose
+  record went away after it served is retiring (its record is deleted when it stops consuming, and
+  its instance takes a while to end): it is not capacity, and the policy does not wait for it.
+- How long a worker takes from its launch to its first heartbeat (the median of the latest
+  boots the controller watched; on EC2 instance start, cloud-init, a cold volume and the model).
+- How many images a second one worker classifies while busy, from the counts in the records
+  (read by housekeeping, once a minute: one GET a worker).
+
+Until it has seen any, the controller assumes DAAS_SCALE_BOOT_TIME and DAAS_SCALE_WORKER_RATE. What
+it learned is kept in `<state>/scaling.json`, so a restarted controller does not start over.
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+from daas import config, state
+from daas.fleet import Worker
+
+SAMPLES = 10       # boots remembered (the median of these is the estimate)
+MIN_BUSY_S = 5.0   # a worker's rate counts once it has been busy this long (its first task warms up)
+
+
+@dataclass(frozen=True)
+class FleetView:
+    ready: int
+    starting: tuple[float, ...]  # seconds since each booting worker was launched
+    retiring: int
+
+
+class Observed:
+    def __init__(self, settings: config.Settings):
+        self.file = settings.state_dir / "scaling.json"
+        saved = state.read_json(self.file, {})
+        self.boots: list[float] = saved.get("boots", [])
+        self.rate: float = saved.get("rate", settings.scale_worker_rate)
+        self.default_boot = settings.scale_boot_time
+        self.served: set[str] = set()     # workers seen with a heartbeat
+        self.since = time.time()          # workers launched since are watched from their launch
+        self.lock = threading.Lock()
+
+    @property
+    def boot(self) -> float:
+        return statistics.median(self.boots) if self.boots else self.default_boot
+
+    def view(self, workers: list[Worker], beats: dict[str, float], now: float, stale_after: float) -> FleetView:
+        """Sort the provider's workers by their latest heartbeat (`beats`: {worker id: epoch seconds})
+        and learn the boot time of each worker seen booting that now beats."""
+        ready, starting, retiring, learned = 0, [], 0, False
+        with self.lock:
+            for worker in workers:
+                last = beats.get(worker.id)
+                if last is not None and now - last <= stale_after:
+                    ready += 1
+                    if worker.id not in self.served and worker.launched >= self.since:  # a boot watched whole
+                        self.boots = (self.boots + [max(0.0, last - worker.launched)])[-SAMPLES:]
+                        learned = True
+                    self.served.add(worker.id)
+                elif worker.id in self.served or last is not None:
+                    retiring += 1  # its record went away, or stopped: not capacity (housekeeping ends the stalled)
+                else:
+                    starting.append(max(0.0, now - worker.launched))
+            self.served &= {worker.id for worker in workers}
+        if learned:
+            self.save()
+        return FleetView(ready, tuple(starting), retiring)
+
+    def learn_rates(self, records: dict[str, list[dict]]) -> None:
+        """Learn the images a second of one worker from its processes' heartbeat records
+        ({worker id: records}; each record counts `images` over `busy_s` seconds in tasks)."""
+        rates = [sum(r.get("images", 0) / r["busy_s"] for r in rs if r.get("busy_s", 0) >= MIN_BUSY_S)
+                 for rs in records.values()]
+        rates = [rate for rate in rates if rate > 0]
+        if rates:
+            with self.lock:
+                self.rate = statistics.median(rates)
+            self.save()
+
+    def save(self) -> None:
+        with self.lock:
+            state.write_json(self.file, {"boots": self.boots, "rate": self.rate})
