@@ -28,6 +28,8 @@ test: install-dev  ## the test suite (integration tests start their own processe
 bench: install-dev  ## the benchmarks (README's performance tables)
 	$(PY) -m daas bench
 	$(PY) -m daas bench batch
+	$(PY) -m daas bench scaling
+	$(PY) -m daas bench simulate
 
 clean:
 	rm -rf $(VENV) .daas .pytest_cache

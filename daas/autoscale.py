@@ -42,10 +42,12 @@ def measure(settings: config.Settings, workers: Provider, seen: Observed | None 
     beats = fleet.heartbeats(settings)
     latest = fleet.latest_by_worker(beats, fleet.owners(beats, workers.worker_id))
     view = seen.view(workers.workers(), latest, now, settings.stale_after)
+    inflow = seen.inflow.update(now, depth["visible"] + depth["in_flight"], view.ready * seen.rate, seen.rate)
     return {"queue": depth, "provider": settings.provider,
             "workers": {"running": view.ready, "starting": len(view.starting), "retiring": view.retiring},
             "starting_s": [round(age, 1) for age in view.starting],
-            "estimates": {"boot_s": round(seen.boot, 1), "images_per_s": round(seen.rate, 2)}}
+            "estimates": {"boot_s": round(seen.boot, 1), "tasks_per_s": round(seen.rate, 3),
+                          "inflow_tasks_per_s": round(inflow, 3)}}
 
 
 # The controller runs its tasks on threads (see daas.cli): a beat tick and an upload's nudge may
@@ -74,8 +76,9 @@ def _scale() -> int:
     status = measure(settings, workers, seen)
     depth, counts = status["queue"], status["workers"]
     count = scaling.boot_aware(
-        scaling.Fleet(backlog=(depth["visible"] + depth["in_flight"]) * settings.images_per_task,
-                      ready=counts["running"], starting=tuple(status["starting_s"]), rate=seen.rate, boot=seen.boot),
+        scaling.Fleet(backlog=depth["visible"] + depth["in_flight"], ready=counts["running"],
+                      starting=tuple(status["starting_s"]), rate=seen.rate, boot=seen.boot,
+                      inflow=status["estimates"]["inflow_tasks_per_s"]),
         scaling.Limits(settings.scale_drain_target, settings.scale_min, settings.scale_max))
     launched, refused = _launch(workers, count, settings.scale_interval)
     now = time.time()

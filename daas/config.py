@@ -115,7 +115,7 @@ class Settings:
     # (daas.observed), it assumes these: images a second one worker classifies (a solo worker on
     # one core of this project's machine, OpenVINO: README, Performance) and seconds from a launch
     # to the first heartbeat (default: 5 locally, 120 on EC2).
-    scale_drain_target: float = 60.0
+    scale_drain_target: float = 30.0
     scale_worker_rate: float = 20.0
     scale_boot_time: float = 0.0
     # EC2 provider

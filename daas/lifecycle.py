@@ -128,12 +128,12 @@ class Heartbeat:
     every DAAS_HEARTBEAT_INTERVAL while it makes progress; deleted when it exits cleanly. A PUT gives
     up within a round (daas.aws.duty_client): one slow PUT delays the next beat by a round at most,
     instead of leaving the record to age until the controller ends a healthy worker (issue 16).
-    The record counts the images classified and the seconds spent in tasks: the controller's
-    scaling policy learns a worker's images per second from them (daas.observed)."""
+    The record counts the tasks, their images and the seconds spent in them: the controller's
+    scaling policy learns a worker's tasks per second from them (daas.observed)."""
 
     def __init__(self, cfg: config.Settings, node: str):
         self.cfg, self.node, self.started, self.consuming = cfg, node, time.time(), False
-        self.images, self.busy_s, self.task_began = 0, 0.0, None
+        self.tasks, self.images, self.busy_s, self.task_began = 0, 0, 0.0, None
 
     def task_started(self, **_) -> None:
         self.task_began = time.monotonic()
@@ -141,6 +141,7 @@ class Heartbeat:
     def task_done(self, retval=None, **_) -> None:
         if self.task_began is not None:
             self.busy_s += time.monotonic() - self.task_began
+            self.tasks += 1
             self.images += retval if isinstance(retval, int) else 0
             self.task_began = None
 
@@ -152,7 +153,8 @@ class Heartbeat:
         if self.consuming:
             fleet.beat(self.cfg, self.node, {"node": self.node, "pid": os.getpid(), "host": socket.gethostname(),
                                              "started": self.started, "beat": time.time(),
-                                             "images": self.images, "busy_s": round(self.busy_s, 3)},
+                                             "tasks": self.tasks, "images": self.images,
+                                             "busy_s": round(self.busy_s, 3)},
                        duty_client("s3", self.cfg, self.cfg.heartbeat_interval))
 
     def forget(self) -> None:

@@ -6,8 +6,9 @@
   its instance takes a while to end): it is not capacity, and the policy does not wait for it.
 - How long a worker takes from its launch to its first heartbeat (the median of the latest
   boots the controller watched; on EC2 instance start, cloud-init, a cold volume and the model).
-- How many images a second one worker classifies while busy, from the counts in the records
-  (read by housekeeping, once a minute: one GET a worker).
+- How many tasks a second one worker finishes while busy, from the counts in the records (read
+  by housekeeping, once a minute: one GET a worker).
+- How many tasks a second arrive (daas.scaling.Inflow, from the queue's depth at each tick).
 
 Until it has seen any, the controller assumes DAAS_SCALE_BOOT_TIME and DAAS_SCALE_WORKER_RATE. What
 it learned is kept in `<state>/scaling.json`, so a restarted controller does not start over.
@@ -19,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from daas import config, state
+from daas import config, scaling, state
 from daas.fleet import Worker
 
 SAMPLES = 10       # boots remembered (the median of these is the estimate)
@@ -38,7 +39,9 @@ class Observed:
         self.file = settings.state_dir / "scaling.json"
         saved = state.read_json(self.file, {})
         self.boots: list[float] = saved.get("boots", [])
-        self.rate: float = saved.get("rate", settings.scale_worker_rate)
+        # DAAS_SCALE_WORKER_RATE is in images a second, as people think of it; tasks are full ones
+        self.rate: float = saved.get("tasks_per_s", settings.scale_worker_rate / settings.images_per_task)
+        self.inflow = scaling.Inflow()
         self.default_boot = settings.scale_boot_time
         self.served: set[str] = set()     # workers seen with a heartbeat
         self.since = time.time()          # workers launched since are watched from their launch
@@ -71,9 +74,9 @@ class Observed:
         return FleetView(ready, tuple(starting), retiring)
 
     def learn_rates(self, records: dict[str, list[dict]]) -> None:
-        """Learn the images a second of one worker from its processes' heartbeat records
-        ({worker id: records}; each record counts `images` over `busy_s` seconds in tasks)."""
-        rates = [sum(r.get("images", 0) / r["busy_s"] for r in rs if r.get("busy_s", 0) >= MIN_BUSY_S)
+        """Learn the tasks a second of one worker from its processes' heartbeat records
+        ({worker id: records}; each record counts `tasks` over `busy_s` seconds in them)."""
+        rates = [sum(r.get("tasks", 0) / r["busy_s"] for r in rs if r.get("busy_s", 0) >= MIN_BUSY_S)
                  for rs in records.values()]
         rates = [rate for rate in rates if rate > 0]
         if rates:
@@ -83,4 +86,4 @@ class Observed:
 
     def save(self) -> None:
         with self.lock:
-            state.write_json(self.file, {"boots": self.boots, "rate": self.rate})
+            state.write_json(self.file, {"boots": self.boots, "tasks_per_s": self.rate})

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import requests
 
-from daas import aws, config, runtimes, timeline
+from daas import aws, config, runtimes, state, timeline
 from daas.client import ServiceClient
 from daas.providers import LocalProvider
 from daas.runtimes import export
@@ -918,6 +918,8 @@ def run_scaling(out: Path, sizes: tuple[int, ...] = (10, 30, 100), plot_size: in
                         wait_for_zero_workers(running.settings)
                         records = timeline.read(running.settings.state_dir, since=elastic[size]["since"])
                     elastic[size].pop("since")
+                # What the controller watched: each worker's launch to its first heartbeat (daas.observed)
+                report["observed_boots_s"] = state.read_json(running.settings.state_dir / "scaling.json", {}).get("boots", [])
             fixed = {}
             with stack(base, tmp, "fixed", idle_timeout=0) as (running, url):
                 start_workers(running, 1)
@@ -964,6 +966,13 @@ def main(args) -> int:
         report = batch.run(out)
         print(batch.format_report(report))
         print(f"\nwrote {out / 'batch.json'}")
+        return 0
+    if args.which == "simulate":
+        from daas.bench import simulate
+
+        report = simulate.run(out, simulate.worker_rate(out), scaling_report=simulate.scaling_report(out))
+        print(simulate.format_report(report))
+        print(f"\nwrote {out / 'simulate.json'} and {out / 'simulate.png'}")
         return 0
     if args.which == "scaling":
         report = run_scaling(out)

@@ -60,12 +60,14 @@ def profile(minutes: float) -> dict[str, str]:
     if minutes >= 10:
         return {"DAAS_IDLE_TIMEOUT": "60"}
     return {"DAAS_IDLE_TIMEOUT": "20", "DAAS_SWEEP_INTERVAL": "20", "DAAS_HEARTBEAT_INTERVAL": "5",
-            "DAAS_STALL_TIMEOUT": "30", "DAAS_QUEUE_LEASE_INTERVAL": "10"}
+            "DAAS_STALL_TIMEOUT": "30", "DAAS_QUEUE_LEASE_INTERVAL": "15"}
 
 
 def flower_stop_s(minutes: float) -> float:
     """How long Flower stays stopped: two minutes in a long soak (past two lease renewals and
-    several housekeeping runs), 30 s in a short one (three renewals of its profile)."""
+    several housekeeping runs), 30 s in a short one (two renewals of its profile; the lease
+    expires after five: with renewals every 10 s, a margin of 20 s, a CI run on a machine loaded
+    by a third CPU-bound process once saw Flower's queue swept after it was resumed)."""
     return 120.0 if minutes >= 10 else 30.0
 
 
