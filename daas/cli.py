@@ -162,7 +162,7 @@ def cmd_controller(_args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from daas import worker
 
-    return worker.run(register_in=args.register_in)
+    return worker.run(register_in=args.register_in, processes=args.processes)
 
 
 def _image_files(paths: list[str]) -> list[Path]:
@@ -303,6 +303,8 @@ def parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a classification worker")
     worker.add_argument("--register-in", metavar="DIR",
                         help="register as <pid> here, and <pid>.ready once consuming (local provider)")
+    worker.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="consuming processes (default: DAAS_WORKER_PROCESSES; 0: 4 per core)")
     worker.set_defaults(func=cmd_worker)
 
     sub.add_parser("export", help="export the model for the runtime now (DAAS_MODEL_CACHE), and check it loads").set_defaults(

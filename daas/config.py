@@ -72,6 +72,9 @@ class Settings:
     # Workers
     images_per_task: int = 10  # images per queue message (see daas.jobs.chunks)
     worker_concurrency: int = 1
+    # Consuming processes per worker (an EC2 instance, or one `daas worker` command; see
+    # daas.instance). 0: 4 per core, the bench's best. The local provider's workers are one each.
+    worker_processes: int = 0
     inference_threads: int = 1  # threads of the forward pass per worker process
     prefetch_multiplier: int = 1
     idle_timeout: float = 60.0

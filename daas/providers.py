@@ -102,7 +102,8 @@ class LocalProvider:
         logs.mkdir(parents=True, exist_ok=True)
         for _ in range(count):
             log = open(logs / "workers.log", "ab")
-            child = subprocess.Popen([sys.executable, "-m", "daas", "worker", "--register-in", str(self.folder)],
+            child = subprocess.Popen([sys.executable, "-m", "daas", "worker", "--processes", "1",
+                                      "--register-in", str(self.folder)],
                                      stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
             log.close()
             (self.folder / str(child.pid)).touch()  # counted as starting from now on
@@ -264,7 +265,7 @@ class EC2Provider:
 # Settings a worker instance needs; everything else keeps its default there.
 WORKER_ENV = ("AWS_REGION", "DAAS_STACK", "DAAS_INPUT_BUCKET", "DAAS_OUTPUT_BUCKET", "DAAS_QUEUE",
               "DAAS_MODEL", "DAAS_MODEL_WEIGHTS", "DAAS_RUNTIME", "DAAS_PRECISION", "DAAS_MAX_IMAGE_PIXELS", "DAAS_IDLE_TIMEOUT",
-              "DAAS_WORKER_CONCURRENCY", "DAAS_INFERENCE_THREADS", "DAAS_PREFETCH_MULTIPLIER", "DAAS_EVENTS",
+              "DAAS_WORKER_CONCURRENCY", "DAAS_WORKER_PROCESSES", "DAAS_INFERENCE_THREADS", "DAAS_PREFETCH_MULTIPLIER", "DAAS_EVENTS",
               "DAAS_VISIBILITY_TIMEOUT", "DAAS_TASK_TIME_LIMIT", "DAAS_HEARTBEAT_INTERVAL",
               "DAAS_STALL_TIMEOUT", "DAAS_MAX_LIFETIME")
 

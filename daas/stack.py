@@ -122,7 +122,7 @@ class Stack:
     def start_worker(self, name: str = "worker") -> subprocess.Popen:
         """A worker outside the autoscaler's control, counted like the ones it launches."""
         folder = self.settings.state_dir / "workers"
-        return self.spawn(name, [PYTHON, "-m", "daas", "worker", "--register-in", str(folder)])
+        return self.spawn(name, [PYTHON, "-m", "daas", "worker", "--processes", "1", "--register-in", str(folder)])
 
     def start_controller(self) -> None:
         """The control-queue worker (autoscaler, dead-letter reaper) and beat, which ticks it."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 
-from daas import aws, config, fleet, lifecycle
+from daas import aws, config, fleet, instance, lifecycle
 from daas.celery_app import app
 
 
@@ -17,9 +17,14 @@ def node(cfg: config.Settings) -> str:
     return fleet.node_name(cfg, os.getpid(), cfg.worker_host or socket.gethostname())
 
 
-def run(register_in: str | None = None) -> int:
-    """Run a classification worker until it is stopped or retires; then maybe power off."""
+def run(register_in: str | None = None, processes: int | None = None) -> int:
+    """Run a classification worker until it is stopped or retires; then maybe power off. With more
+    than one process (`processes`, else DAAS_WORKER_PROCESSES), run that many and keep them
+    (daas.instance)."""
     cfg = config.load()
+    count = processes if processes is not None else instance.processes(cfg)
+    if count != 1:
+        return instance.run(cfg, count)
     aws.ROLE = "worker"
     lifecycle.install(app, cfg, node(cfg), register_in)
     pool = "solo" if cfg.worker_concurrency == 1 else "prefork"

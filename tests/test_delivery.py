@@ -145,7 +145,7 @@ def test_a_failure_that_cannot_be_recorded_waits_for_storage_in_the_dead_letter_
     settings = make_settings(local_aws, tmp_path, visibility_timeout=1)
     with Stack(settings, log_dir=tmp_path / "logs") as stack:
         service = Service(stack, stack.start_web())
-        worker = stack.spawn("worker", [PYTHON, "-m", "daas", "worker"], {"DAAS_OUTPUT_BUCKET": f"{settings.stack}-gone"})
+        worker = stack.spawn("worker", [PYTHON, "-m", "daas", "worker", "--processes", "1"], {"DAAS_OUTPUT_BUCKET": f"{settings.stack}-gone"})
         job = service.submit([("coffee.png", skimage_photo("coffee.png"))]).json()
         wait_for(lambda: dead_letters(settings) == 1, 90, "the message in the dead-letter queue")
         assert service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "queued"

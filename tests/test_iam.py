@@ -244,7 +244,7 @@ def audit(tmp_path_factory):
         lost = requests.post(f"{url}/api/jobs", files=[("images", ("lost.png", photo))], timeout=30).json()
         aws.client("s3", admin).delete_object(Bucket=stack.settings.input_bucket,
                                               Key=f"{lost['job_id']}/{lost['images'][0]['id']}")
-        stack.spawn("worker", [sys.executable, "-m", "daas", "worker"], env["worker"])
+        stack.spawn("worker", [sys.executable, "-m", "daas", "worker", "--processes", "1"], env["worker"])
         deadline = time.monotonic() + 120
         for job in (good, lost):
             while requests.get(f"{url}/api/jobs/{job['job_id']}", timeout=30).json()["status"] != "done":
