@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from daas import config, fleet, jobs
 from daas.instance import PROCESSES_PER_CORE, processes
