@@ -82,6 +82,9 @@ class Settings:
     events: bool = True
     max_lifetime: float = 86400.0  # seconds a worker serves before it retires (0: forever)
     worker_host: str = ""    # the host part of a worker's name; default: the host name (EC2: the instance id)
+    # The instance metadata service a worker watches for spot interruption notices and rebalance
+    # recommendations (daas.interruption); EC2 workers get http://169.254.169.254; empty: none.
+    imds_endpoint: str = ""
     # Liveness: every process of the service that consumes a queue (workers, controller) exits when it
     # has made no progress for stall_timeout seconds; workers write a heartbeat every
     # heartbeat_interval seconds, and one that missed MISSED_HEARTBEATS is dead to the controller.

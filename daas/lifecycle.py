@@ -5,7 +5,8 @@
 - keep held messages invisible: a short visibility timeout, pushed back while a task runs;
 - heartbeat: a record in the output bucket (daas.fleet) and systemd's watchdog, while healthy;
 - watchdog: exit when the consumer stops making progress (daas.watchdog);
-- retire: stop consuming when idle or past the maximum lifetime, shut down warm;
+- retire: stop consuming when idle, past the maximum lifetime or told by EC2 that the instance is
+  going (a spot interruption notice, a rebalance recommendation: daas.interruption), shut down warm;
 - power off after retiring (DAAS_POWEROFF_COMMAND; on EC2 the instance then terminates).
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from celery import bootsteps, signals
 from celery.worker import state as worker_state
 
-from daas import config, fleet, storage
+from daas import config, fleet, interruption, storage
 from daas.aws import duty_client
 from daas.broker import LONG_POLL_SECONDS
 from daas.watchdog import Duty, Watchdog, notify, snapshot
@@ -34,17 +35,20 @@ def install(app, cfg: config.Settings, node: str, register_in: str | None = None
     signals.worker_process_init.connect(warm_up, weak=False)
     if register_in:
         register(Path(register_in))
+    global _interruptions
     heartbeat = Heartbeat(cfg, node)
-    watchdog = Watchdog(cfg.queue, cfg.stall_timeout, cfg.task_time_limit, duties=[
-        Duty(cfg.extend_every, VisibilityKeeper(cfg).extend),
-        Duty(cfg.heartbeat_interval, heartbeat.beat)])
+    duties = [Duty(cfg.extend_every, VisibilityKeeper(cfg).extend), Duty(cfg.heartbeat_interval, heartbeat.beat)]
+    if cfg.imds_endpoint:
+        _interruptions = interruption.Watcher(cfg.imds_endpoint, heartbeat.goodbye)
+        duties.append(Duty(interruption.POLL_S, _interruptions.check))
+    watchdog = Watchdog(cfg.queue, cfg.stall_timeout, cfg.task_time_limit, duties=duties)
     signals.worker_init.connect(lambda **_: watchdog.start(), weak=False)
     signals.worker_ready.connect(watchdog.ready, weak=False)
     signals.worker_ready.connect(heartbeat.ready, weak=False)
     signals.task_prerun.connect(heartbeat.task_started, weak=False)
     signals.task_postrun.connect(heartbeat.task_done, weak=False)
     signals.worker_shutdown.connect(lambda **_: (watchdog.stop(), heartbeat.forget()), weak=False)
-    if cfg.idle_timeout > 0 or cfg.max_lifetime > 0:
+    if cfg.idle_timeout > 0 or cfg.max_lifetime > 0 or cfg.imds_endpoint:
         app.steps["consumer"].add(Retirement)
 
 
@@ -134,6 +138,7 @@ class Heartbeat:
     def __init__(self, cfg: config.Settings, node: str):
         self.cfg, self.node, self.started, self.consuming = cfg, node, time.time(), False
         self.tasks, self.images, self.busy_s, self.task_began = 0, 0, 0.0, None
+        self.leaving = ""
 
     def task_started(self, **_) -> None:
         self.task_began = time.monotonic()
@@ -154,8 +159,17 @@ class Heartbeat:
             fleet.beat(self.cfg, self.node, {"node": self.node, "pid": os.getpid(), "host": socket.gethostname(),
                                              "started": self.started, "beat": time.time(),
                                              "tasks": self.tasks, "images": self.images,
-                                             "busy_s": round(self.busy_s, 3)},
+                                             "busy_s": round(self.busy_s, 3),
+                                             **({"leaving": self.leaving} if self.leaving else {})},
                        duty_client("s3", self.cfg, self.cfg.heartbeat_interval))
+
+    def goodbye(self, reason: str) -> None:
+        """Say in the record why this worker is leaving (it is deleted when the worker exits)."""
+        self.leaving = reason
+        try:
+            self.beat()
+        except Exception as exc:  # the exit deletes the record anyway
+            log.warning("could not write the goodbye in the heartbeat record: %r", exc)
 
     def forget(self) -> None:
         notify("STOPPING=1")
@@ -179,6 +193,7 @@ def retirement(now: float, last_busy: float, started: float, *, idle_timeout: fl
 
 
 _retired = False
+_interruptions: interruption.Watcher | None = None  # set where DAAS_IMDS_ENDPOINT is
 
 
 class Retirement(bootsteps.StartStopStep):
@@ -221,8 +236,8 @@ class Retirement(bootsteps.StartStopStep):
         if self.cancelled_at is None:
             if worker_state.active_requests or worker_state.reserved_requests:
                 self.last_busy = now
-            reason = retirement(now, self.last_busy, self.started, idle_timeout=self.idle_timeout,
-                                max_lifetime=self.cfg.max_lifetime)
+            reason = (_interruptions and _interruptions.notice) or retirement(
+                now, self.last_busy, self.started, idle_timeout=self.idle_timeout, max_lifetime=self.cfg.max_lifetime)
             if reason:
                 log.info("%s: no longer consuming; shutting down once the last poll is over", reason)
                 for queue in consumer.task_consumer.queues:

@@ -267,12 +267,13 @@ WORKER_ENV = ("AWS_REGION", "DAAS_STACK", "DAAS_INPUT_BUCKET", "DAAS_OUTPUT_BUCK
               "DAAS_MODEL", "DAAS_MODEL_WEIGHTS", "DAAS_RUNTIME", "DAAS_PRECISION", "DAAS_MAX_IMAGE_PIXELS", "DAAS_IDLE_TIMEOUT",
               "DAAS_WORKER_CONCURRENCY", "DAAS_WORKER_PROCESSES", "DAAS_INFERENCE_THREADS", "DAAS_PREFETCH_MULTIPLIER", "DAAS_EVENTS",
               "DAAS_VISIBILITY_TIMEOUT", "DAAS_TASK_TIME_LIMIT", "DAAS_HEARTBEAT_INTERVAL",
-              "DAAS_STALL_TIMEOUT", "DAAS_MAX_LIFETIME")
+              "DAAS_STALL_TIMEOUT", "DAAS_MAX_LIFETIME", "DAAS_IMDS_ENDPOINT")
+IMDS = "http://169.254.169.254"
 
 
 def render_user_data(settings: config.Settings) -> str:
     """The cloud-init user data (worker_ami/user-data.sh) with this stack's settings filled in."""
-    env = config.to_env(settings)
+    env = {**config.to_env(settings), "DAAS_IMDS_ENDPOINT": settings.imds_endpoint or IMDS}
     env_file = "".join(f"{name}={env[name]}\n" for name in WORKER_ENV)
     template = string.Template((WORKER_AMI / "user-data.sh").read_text())
     # The worker retires at DAAS_MAX_LIFETIME; the controller ends it a join timeout later; the
