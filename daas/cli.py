@@ -349,7 +349,10 @@ def parser() -> argparse.ArgumentParser:
     dep.add_argument("--retention-days", type=int, default=30, help="days images and results are kept")
     dep.add_argument("--web-hosts", type=int, default=2)
     dep.add_argument("--scale-max", type=int, default=20, help="most worker instances at once")
-    dep.add_argument("--instance-type", default="c7i.large", help="worker instance type")
+    dep.add_argument("--instance-types", default=config.Settings.ec2_instance_types,
+                     help="worker instance types, comma-separated: every type in every subnet is a capacity pool")
+    dep.add_argument("--capacity", default=config.Settings.ec2_capacity, choices=["spot-first", "spot", "on-demand"],
+                     help="workers on spot, on demand, or spot with an on-demand fallback")
     dep.add_argument("--batch-source", default="", help="a bucket of yours that batch jobs may read (workers get "
                      "read access to it only; default: $DAAS_BATCH_SOURCES)")
     dep.add_argument("--check", action="store_true", help="read-only: say what would make a deploy fail")

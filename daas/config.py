@@ -127,8 +127,11 @@ class Settings:
     # EC2 provider
     ec2_launch_template: str = ""
     ec2_ami: str = ""
-    ec2_instance_type: str = "c7i.large"
-    ec2_subnet: str = ""
+    # Where workers launch (daas.ec2fleet): instance types and subnets (zones), comma-separated; every
+    # type in every subnet is a pool EC2 Fleet may take capacity from; spot first, then on demand.
+    ec2_instance_types: str = "c7i.large,c6i.large,m7i.large"
+    ec2_subnets: str = ""    # empty: the launch template's (or the default VPC's) subnet
+    ec2_capacity: str = "spot-first"  # spot-first, spot or on-demand
     ec2_security_group: str = ""
     ec2_instance_profile: str = ""
     ec2_join_timeout: float = 600.0  # seconds a new worker may take to send its first heartbeat
@@ -148,6 +151,14 @@ class Settings:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         if not self.model_cache:
             object.__setattr__(self, "model_cache", str(self.state_dir / "models"))
+
+    @property
+    def instance_types(self) -> list[str]:
+        return [t.strip() for t in self.ec2_instance_types.split(",") if t.strip()] or ["c7i.large"]
+
+    @property
+    def subnets(self) -> list[str]:
+        return [s.strip() for s in self.ec2_subnets.split(",") if s.strip()]
 
     @property
     def dead_letter_queue(self) -> str:

@@ -42,6 +42,11 @@ IMPLIED_PERMISSIONS = (
     ("ec2:RunInstances", "iam:PassRole", "an instance profile (the workers' role)"),
     ("ec2:RunInstances", "ec2:CreateTags", "TagSpecifications (workers are found by their tags)"),
     ("ec2:RunInstances", "ec2:DescribeLaunchTemplateVersions", "a launch template at version $Latest"),
+    ("ec2:CreateFleet", "ec2:RunInstances", "an instant fleet launches with the caller's RunInstances"),
+    ("ec2:CreateFleet", "ec2:CreateTags", "instance tags of an instant fleet"),
+    ("ec2:CreateFleet", "iam:PassRole", "the launch template's instance profile"),
+    ("ec2:CreateFleet", "iam:CreateServiceLinkedRole", "the first fleet (and spot) launch of an account makes "
+     "AWSServiceRoleForEC2Fleet and AWSServiceRoleForEC2Spot"),
     ("s3:GetObject", "s3:ListBucket", "a missing key answers 404, not 403 (a gone upload is not a permission error)"),
 )
 
@@ -62,7 +67,8 @@ class Options:
     retention_days: int = 30
     web_hosts: int = 2
     scale_max: int = 20
-    worker_instance_type: str = "c7i.large"
+    worker_instance_types: str = Settings.ec2_instance_types  # comma-separated pools; the first is the template's
+    worker_capacity: str = Settings.ec2_capacity
     web_instance_type: str = "t3.small"
     controller_instance_type: str = "t3.small"
     rate_limit: int = 600
@@ -133,14 +139,17 @@ def problems(settings: Settings, options: Options, notes: list[str] | None = Non
 
 def _quota_problems(settings: Settings, options: Options, notes: list[str]) -> list[str]:
     ec2 = aws.client("ec2", settings)
-    types = {options.worker_instance_type: options.scale_max, options.web_instance_type: options.web_hosts}
-    types[options.controller_instance_type] = types.get(options.controller_instance_type, 0) + 1
+    workers = [t.strip() for t in options.worker_instance_types.split(",") if t.strip()]
+    others = {options.web_instance_type: options.web_hosts}
+    others[options.controller_instance_type] = others.get(options.controller_instance_type, 0) + 1
     try:
-        described = ec2.describe_instance_types(InstanceTypes=sorted(types))["InstanceTypes"]
+        described = ec2.describe_instance_types(InstanceTypes=sorted({*workers, *others}))["InstanceTypes"]
     except ClientError as exc:
         return [f"unknown instance type: {_message(exc)}"]
     vcpus = {t["InstanceType"]: t["VCpuInfo"]["DefaultVCpus"] for t in described}
-    needed = sum(vcpus[name] * count for name, count in types.items())
+    # At its largest: every worker on demand (the spot fallback) in the largest of the pools' types.
+    needed = max(vcpus[name] for name in workers) * options.scale_max + sum(
+        vcpus[name] * count for name, count in others.items())
     try:
         quota = aws.client("service-quotas", settings).get_service_quota(
             ServiceCode=VCPU_QUOTA[0], QuotaCode=VCPU_QUOTA[1])["Quota"]["Value"]
@@ -150,7 +159,7 @@ def _quota_problems(settings: Settings, options: Options, notes: list[str]) -> l
         return []
     if quota < needed:
         return [f"the on-demand vCPU quota is {quota:.0f} but the stack needs {needed} at its largest "
-                f"({options.scale_max} × {options.worker_instance_type} workers, {options.web_hosts} web hosts, "
+                f"({options.scale_max} workers of {options.worker_instance_types}, {options.web_hosts} web hosts, "
                 "the control host): ask for more in Service Quotas, or lower --scale-max"]
     return []
 
@@ -196,7 +205,8 @@ def template_parameters(settings: Settings, options: Options) -> list[dict]:
     values = {"Ami": ami, "VpcId": vpc, "Subnets": ",".join(subnets), "CertificateArn": options.certificate_arn,
               "AllowHttp": "true" if options.allow_http else "false", "RetentionDays": str(options.retention_days),
               "WebHosts": str(options.web_hosts), "ScaleMax": str(options.scale_max),
-              "WorkerInstanceType": options.worker_instance_type, "WebInstanceType": options.web_instance_type,
+              "WorkerInstanceTypes": options.worker_instance_types, "WorkerCapacity": options.worker_capacity,
+              "WebInstanceType": options.web_instance_type,
               "ControllerInstanceType": options.controller_instance_type, "RateLimit": str(options.rate_limit),
               "BatchSourceBucket": options.batch_source}
     return [{"ParameterKey": key, "ParameterValue": value} for key, value in values.items()]
@@ -398,7 +408,8 @@ def options_from_args(args, settings: Settings) -> Options:
     return Options(stack=args.stack or settings.stack, ami=args.ami or settings.ec2_ami,
                    subnets=tuple(s for s in (args.subnets or "").split(",") if s),
                    certificate_arn=args.certificate_arn, allow_http=args.http, retention_days=args.retention_days,
-                   web_hosts=args.web_hosts, scale_max=args.scale_max, worker_instance_type=args.instance_type,
+                   web_hosts=args.web_hosts, scale_max=args.scale_max, worker_instance_types=args.instance_types,
+                   worker_capacity=args.capacity,
                    batch_source=args.batch_source or settings.batch_sources)
 
 

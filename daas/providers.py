@@ -11,13 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Protocol
 
 from botocore.exceptions import ClientError
 
-from daas import aws, config, state
+from daas import aws, config, ec2fleet, state
 from daas.fleet import Worker
 
 log = logging.getLogger(__name__)
@@ -214,52 +213,38 @@ class EC2Provider:
         return host if host.startswith("i-") else None
 
     def launch(self, count: int) -> None:
-        """Launch up to `count` workers. RunInstances with MinCount=1 launches what capacity allows;
-        the rest is asked for again at once, until EC2 refuses (the next tick asks again then)."""
-        launched: list[str] = []
-        while len(launched) < count:
-            try:
-                answer = self.ec2.run_instances(**self.launch_parameters(count - len(launched)))
-            except ClientError as exc:
-                if not launched:
-                    raise  # nothing launched: a configuration or permission error, loudly
-                log.warning("EC2 launched %d of %d workers and refused the rest: %s", len(launched), count,
-                            exc.response["Error"].get("Message", exc))
-                break
-            ids = [instance["InstanceId"] for instance in answer["Instances"]]
-            self._remember(ids)
-            self._forget_answer()
-            launched += ids
-
-    def launch_parameters(self, count: int) -> dict:
+        """Launch up to `count` workers with EC2 Fleet over every pool, spot first as
+        DAAS_EC2_CAPACITY says (daas.ec2fleet); LaunchRefused if EC2 launched none."""
         s = self.settings
-        tags = [{"Key": ROLE_TAG, "Value": "worker"}, {"Key": STACK_TAG, "Value": s.stack},
-                {"Key": "Name", "Value": f"{s.stack}-worker"}]
-        params = {
-            # Partial capacity launches what it can. The token makes botocore's retries of this
-            # call idempotent: a retried RunInstances never launches a second set.
-            "MinCount": 1, "MaxCount": count, "ClientToken": uuid.uuid4().hex,
-            "UserData": render_user_data(s),
-            "InstanceInitiatedShutdownBehavior": "terminate",  # idle power-off ends the instance
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},  # IMDSv2 only
-            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
-                                  {"ResourceType": "volume", "Tags": tags}],
-        }
+        if s.ec2_capacity not in ec2fleet.ORDER:
+            raise ValueError(f"DAAS_EC2_CAPACITY must be one of {', '.join(ec2fleet.ORDER)}, not {s.ec2_capacity!r}")
+        tags = worker_tags(s)
+        template = ec2fleet.template_version(self.ec2, *self.template(), render_user_data(s), tags)
+        ec2fleet.launch(self.ec2, count, s.ec2_capacity, template, ec2fleet.pools(s.subnets, s.instance_types),
+                        tags, remember=lambda ids: (self._remember(ids), self._forget_answer()))
+
+    def template(self) -> tuple[str, dict | None]:
+        """(the workers' launch template, the instance settings of a new version: None to take the
+        template's own). A deployed stack's template (daas/cloudformation.yaml) holds the AMI, role
+        and security group; without one, the settings do, and the template is made here."""
+        s = self.settings
         if s.ec2_launch_template:
-            # A deployed stack's template (daas/cloudformation.yaml): AMI, type, role, security group.
-            params["LaunchTemplate"] = {"LaunchTemplateName": s.ec2_launch_template, "Version": "$Latest"}
-            if s.ec2_subnet:
-                params["SubnetId"] = s.ec2_subnet
-        else:
-            missing = [name for name, value in (("DAAS_EC2_AMI", s.ec2_ami), ("DAAS_EC2_SUBNET", s.ec2_subnet),
-                       ("DAAS_EC2_SECURITY_GROUP", s.ec2_security_group),
-                       ("DAAS_EC2_INSTANCE_PROFILE", s.ec2_instance_profile)) if not value]
-            if missing:
-                raise ValueError(f"the ec2 provider needs DAAS_EC2_LAUNCH_TEMPLATE or {', '.join(missing)}")
-            params.update(ImageId=s.ec2_ami, InstanceType=s.ec2_instance_type, SubnetId=s.ec2_subnet,
-                          SecurityGroupIds=[s.ec2_security_group],
-                          IamInstanceProfile={"Name": s.ec2_instance_profile})
-        return params
+            return s.ec2_launch_template, None
+        missing = [name for name, value in (("DAAS_EC2_AMI", s.ec2_ami), ("DAAS_EC2_SECURITY_GROUP", s.ec2_security_group),
+                   ("DAAS_EC2_INSTANCE_PROFILE", s.ec2_instance_profile)) if not value]
+        if missing:
+            raise ValueError(f"the ec2 provider needs DAAS_EC2_LAUNCH_TEMPLATE or {', '.join(missing)}")
+        data = {"ImageId": s.ec2_ami, "InstanceType": s.instance_types[0], "SecurityGroupIds": [s.ec2_security_group],
+                "IamInstanceProfile": {"Name": s.ec2_instance_profile}}
+        name = f"{s.stack}-worker"
+        ec2fleet.ensure_template(self.ec2, name, data)
+        return name, data
+
+
+def worker_tags(settings: config.Settings) -> list[dict]:
+    """The tags by which the controller finds its workers again (and IAM lets it end only those)."""
+    return [{"Key": ROLE_TAG, "Value": "worker"}, {"Key": STACK_TAG, "Value": settings.stack},
+            {"Key": "Name", "Value": f"{settings.stack}-worker"}]
 
 
 # Settings a worker instance needs; everything else keeps its default there.

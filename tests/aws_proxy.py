@@ -32,13 +32,15 @@ class Rule:
     once_per_path: bool = False    # hold each path once only (one slow call, not an outage)
     action: str = ""               # only query-API calls of this Action (EC2, SQS's query form)
     throttle_until: float = 0.0    # epoch seconds: until then answer RequestLimitExceeded, as EC2 does
+    body_contains: bytes = b""     # only requests whose body has this
+    answer: bytes = b""            # answer 200 with this body instead of forwarding (what AWS would say)
     seen: set[str] = field(default_factory=set)
     count: int = 0                 # requests that matched
 
     def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         return method == self.method and path.startswith(self.prefix) and not (
             self.once_per_path and path in self.seen) and (
-            not self.action or f"Action={self.action}&".encode() in body + b"&")
+            not self.action or f"Action={self.action}&".encode() in body + b"&") and self.body_contains in body
 
 
 class AwsProxy:
@@ -71,6 +73,10 @@ class AwsProxy:
                     rule.count += 1
                     throttled = throttled or time.time() < rule.throttle_until
         return throttled
+
+    def canned(self, method: str, path: str, body: bytes) -> bytes | None:
+        with self.lock:
+            return next((rule.answer for rule in self.rules if rule.answer and rule.matches(method, path, body)), None)
 
     def hold_for(self, method: str, path: str, body: bytes = b"") -> float:
         with self.lock:
@@ -118,8 +124,11 @@ class _Handler(BaseHTTPRequestHandler):
         held = self.proxy.hold_for(self.command, path, body)
         if held:
             time.sleep(held)
+        canned = self.proxy.canned(self.command, path, body)
         if self.proxy.throttles(self.command, path, body):
             status, reason, headers, payload = 503, "Service Unavailable", [("Content-Type", "text/xml")], THROTTLED
+        elif canned is not None:
+            status, reason, headers, payload = 200, "OK", [("Content-Type", "text/xml")], canned
         else:
             status, reason, headers, payload = self.forward(body)
         if self.proxy.denies(self.command, path, status):

@@ -35,7 +35,11 @@ from tests.test_deploy import make_worker_ami
 MOTO_ACCOUNT = "123456789012"
 ROLES = ("worker", "web", "controller")
 # The only actions allowed on every resource: none of them can be scoped to one.
-UNSCOPABLE = {"ec2:DescribeInstances", "ec2:DescribeLaunchTemplateVersions", "sqs:ListQueues"}
+# CreateFleet: the request itself; what the fleet launches is authorised as RunInstances, scoped.
+UNSCOPABLE = {"ec2:DescribeInstances", "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeLaunchTemplates",
+              "ec2:CreateFleet", "sqs:ListQueues"}
+# EC2 calls that name several resources (checked statically below): the action must match.
+MULTI_RESOURCE = {"ec2:RunInstances", "ec2:CreateTags", "ec2:CreateFleet", "ec2:CreateLaunchTemplateVersion"}
 # Calls that need no permission at all.
 UNAUTHORISED = {"sts:GetCallerIdentity"}
 
@@ -51,11 +55,12 @@ def _grants(policy: dict) -> set[tuple[str, str]]:
 
 def _allows(policy: dict, action: str, resource: str) -> bool:
     """Whether an Allow statement matches action and resource. Conditions are not evaluated; EC2's
-    RunInstances and CreateTags touch several resources per call, so for them the action must match."""
+    launch calls touch resources the recording does not name (MULTI_RESOURCE): for them the action
+    must match, and their statements' resources are checked as written."""
     for statement in policy["Statement"]:
         if not any(fnmatch.fnmatchcase(action, a) for a in _listed(statement["Action"])):
             continue
-        if action in ("ec2:RunInstances", "ec2:CreateTags") or any(
+        if action in MULTI_RESOURCE or any(
                 fnmatch.fnmatchcase(resource, r) for r in _listed(statement["Resource"])):
             return True
     return False
@@ -230,7 +235,7 @@ def audit(tmp_path_factory):
         os.environ.update(admin_env)  # this process: the test's own calls (deleting an upload)
         aws._client.cache_clear()  # clients keep the credentials they were made with
         stack.settings = deploy.stack_settings(admin, name).with_(
-            provider="ec2", ec2_launch_template=f"{name}-worker", ec2_subnet=subnet, batch_sources=photos)
+            provider="ec2", ec2_launch_template=f"{name}-worker", ec2_subnets=subnet, batch_sources=photos)
         web = stack.spawn("web", [sys.executable, "-m", "daas", "web"], env["web"])
         url = f"http://{base.host}:{base.web_port}"
         wait_for_http(f"{url}/healthz", 60, web)
@@ -309,7 +314,7 @@ def test_the_audit_saw_the_paths_that_matter(audit):
             "sns:Publish"} <= actions["worker"]  # DeleteObject: its heartbeat record, at exit
     assert {"s3:PutObject", "sqs:SendMessage", "sqs:CreateQueue", "sqs:ReceiveMessage"} <= actions["web"]
     # TerminateInstances: the launched instances never join (nothing boots on the local endpoint).
-    assert {"ec2:RunInstances", "ec2:DescribeInstances", "ec2:TerminateInstances", "sqs:SendMessage",
+    assert {"ec2:CreateFleet", "ec2:CreateLaunchTemplateVersion", "ec2:DescribeInstances", "ec2:TerminateInstances", "sqs:SendMessage",
             "sns:Subscribe", "s3:ListBucket"} <= actions["controller"]
     # The batch: the controller listed the user's bucket, the worker read its images from there.
     source = f"arn:aws:s3:::{audit.settings.stack}-photos"
@@ -396,7 +401,13 @@ def test_the_controller_launches_and_ends_only_this_stacks_workers(audit):
     assert [s["Condition"] for s in terminate] == [
         {"StringEquals": {"ec2:ResourceTag/daas:role": "worker", "ec2:ResourceTag/daas:stack": stack}}]
     tags = [s for s in statements.values() if s["Action"] == "ec2:CreateTags"]
-    assert [s["Condition"] for s in tags] == [{"StringEquals": {"ec2:CreateAction": "RunInstances"}}]
+    assert [s["Condition"] for s in tags] == [{"StringEquals": {"ec2:CreateAction": ["RunInstances", "CreateFleet"]}}]
+    versions = [s for s in statements.values() if s["Action"] == "ec2:CreateLaunchTemplateVersion"]
+    assert [s["Resource"] for s in versions] == [
+        f"arn:aws:ec2:{settings.region}:{MOTO_ACCOUNT}:launch-template/{audit.template_id}"]
+    linked = [s for s in statements.values() if s["Action"] == "iam:CreateServiceLinkedRole"]
+    assert [s["Condition"] for s in linked] == [
+        {"StringEquals": {"iam:AWSServiceName": ["ec2fleet.amazonaws.com", "spot.amazonaws.com"]}}]
     passes = [s for s in statements.values() if s["Action"] == "iam:PassRole"]
     assert [s["Resource"] for s in passes] == [f"arn:aws:iam::{MOTO_ACCOUNT}:role/{stack}-worker"]
     deletes = {r for action, r in _grants(policies["controller"]) if action == "s3:DeleteObject"}

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from daas import autoscale, aws, config, fleet, scaling
+from daas import autoscale, aws, config, ec2fleet, fleet, scaling
 from daas.providers import ROLE_TAG, STACK_TAG, EC2Provider, make_provider
 from tests.conftest import make_settings
 
@@ -28,7 +28,7 @@ def network(local_aws) -> dict[str, str]:
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
     group = ec2.create_security_group(GroupName=name, Description="daas workers", VpcId=vpc)["GroupId"]
     iam.create_instance_profile(InstanceProfileName=name)
-    return {"ec2_ami": ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"], "ec2_subnet": subnet,
+    return {"ec2_ami": ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"], "ec2_subnets": subnet,
             "ec2_security_group": group, "ec2_instance_profile": name}
 
 
@@ -50,6 +50,12 @@ def _attribute(settings: config.Settings, instance: str, name: str) -> str:
 
 
 # -- the EC2 provider ------------------------------------------------------------------------------
+def _template_data(settings: config.Settings, version: str = "$Latest") -> dict:
+    answer = aws.client("ec2", settings).describe_launch_template_versions(
+        LaunchTemplateName=f"{settings.stack}-worker", Versions=[version])
+    return answer["LaunchTemplateVersions"][0]
+
+
 def test_launched_workers_are_counted_tagged_and_booted_to_serve_the_stack(ec2_settings, network, tmp_path):
     provider = make_provider(ec2_settings)
     assert isinstance(provider, EC2Provider) and provider.counts() == (0, 0)
@@ -61,22 +67,36 @@ def test_launched_workers_are_counted_tagged_and_booted_to_serve_the_stack(ec2_s
     for instance in instances:
         tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
         assert tags[ROLE_TAG] == "worker" and tags[STACK_TAG] == ec2_settings.stack
-        assert (instance["ImageId"], instance["SubnetId"]) == (network["ec2_ami"], network["ec2_subnet"])
-        assert instance["InstanceType"] == ec2_settings.ec2_instance_type
-        assert [g["GroupId"] for g in instance["SecurityGroups"]] == [network["ec2_security_group"]]
-        assert instance["MetadataOptions"]["HttpTokens"] == "required"  # IMDSv2 only
-        # An idle worker powers off; that must end the instance, not leave it stopped.
-        assert _attribute(ec2_settings, instance["InstanceId"], "instanceInitiatedShutdownBehavior") == "terminate"
-        user_data = base64.b64decode(_attribute(ec2_settings, instance["InstanceId"], "userData")).decode()
-        assert f"DAAS_QUEUE={ec2_settings.queue}\n" in user_data
-        assert f"DAAS_INPUT_BUCKET={ec2_settings.input_bucket}\n" in user_data
-    # The endpoint checks that the profile exists, but associates it with the first instance only.
-    associations = aws.client("ec2", ec2_settings).describe_iam_instance_profile_associations(Filters=[
-        {"Name": "instance-id", "Values": [i["InstanceId"] for i in instances]}])["IamInstanceProfileAssociations"]
-    assert associations and all(a["IamInstanceProfile"]["Arn"].endswith(f"/{network['ec2_instance_profile']}")
-                                for a in associations)
+        assert (instance["ImageId"], instance["SubnetId"]) == (network["ec2_ami"], network["ec2_subnets"])
+        assert instance["InstanceType"] in ec2_settings.instance_types
+        assert instance.get("InstanceLifecycle") == "spot"  # DAAS_EC2_CAPACITY=spot-first, and spot had room
+    # What EC2 Fleet takes from the launch template: the controller's version of it (the endpoint
+    # launches fleets without applying these, so they are checked where AWS reads them).
+    version = _template_data(ec2_settings)
+    data = version["LaunchTemplateData"]
+    assert version["VersionDescription"].startswith("daas controller: ")
+    assert data["ImageId"] == network["ec2_ami"] and data["SecurityGroupIds"] == [network["ec2_security_group"]]
+    assert data["IamInstanceProfile"] == {"Name": network["ec2_instance_profile"]}
+    assert data["MetadataOptions"]["HttpTokens"] == "required"  # IMDSv2 only
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"  # an idle worker's power-off ends it
+    assert {t["ResourceType"] for t in data["TagSpecifications"]} == {"instance", "volume"}
+    user_data = base64.b64decode(data["UserData"]).decode()
+    assert f"DAAS_QUEUE={ec2_settings.queue}\n" in user_data
+    assert f"DAAS_INPUT_BUCKET={ec2_settings.input_bucket}\n" in user_data
+    assert "DAAS_IMDS_ENDPOINT=http://169.254.169.254\n" in user_data
     (tmp_path / "user-data").write_text(user_data)
     subprocess.run(["bash", "-n", str(tmp_path / "user-data")], check=True)
+
+
+def test_the_template_version_is_made_once_and_again_only_when_the_settings_change(ec2_settings):
+    EC2Provider(ec2_settings).launch(1)
+    first = _template_data(ec2_settings)["VersionNumber"]
+    EC2Provider(ec2_settings).launch(1)
+    assert _template_data(ec2_settings)["VersionNumber"] == first  # reused
+    EC2Provider(ec2_settings.with_(idle_timeout=120)).launch(1)
+    changed = _template_data(ec2_settings)
+    assert changed["VersionNumber"] == first + 1
+    assert "DAAS_IDLE_TIMEOUT=120\n" in base64.b64decode(changed["LaunchTemplateData"]["UserData"]).decode()
 
 
 def test_stacks_count_only_their_own_workers(local_aws, tmp_path, network):
@@ -98,16 +118,71 @@ def test_stopped_and_terminated_instances_are_not_counted(ec2_settings):
     assert sum(provider.counts()) == 1
 
 
-def test_launch_template_replaces_image_and_network_settings(ec2_settings, network):
+def test_a_deployed_stacks_template_gives_the_image_and_network(ec2_settings, network):
     ec2 = aws.client("ec2", ec2_settings)
-    name = f"{ec2_settings.stack}-worker"
+    name = f"{ec2_settings.stack}-deployed"
     ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
-        "ImageId": network["ec2_ami"], "InstanceType": "c7i.xlarge"})
-    settings = ec2_settings.with_(ec2_launch_template=name, ec2_ami="", ec2_subnet="")
+        "ImageId": network["ec2_ami"], "InstanceType": "c7i.xlarge",
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1}})
+    settings = ec2_settings.with_(ec2_launch_template=name, ec2_ami="", ec2_subnets="", ec2_instance_types="c7i.xlarge")
     EC2Provider(settings).launch(1)
     [instance] = _instances(settings)
     assert instance["ImageId"] == network["ec2_ami"] and instance["InstanceType"] == "c7i.xlarge"
     assert {"Key": ROLE_TAG, "Value": "worker"} in instance["Tags"]
+    # The controller's version of the stack's template: its data, plus the user data and tags.
+    latest = ec2.describe_launch_template_versions(LaunchTemplateName=name, Versions=["$Latest"])[
+        "LaunchTemplateVersions"][0]
+    assert latest["VersionNumber"] == 2 and latest["LaunchTemplateData"]["ImageId"] == network["ec2_ami"]
+    assert "UserData" in latest["LaunchTemplateData"]
+    # A redeploy with a new AMI makes the stack's version 3: the next launch makes one from it.
+    other_ami = ec2.describe_images(Owners=["amazon"])["Images"][1]["ImageId"]
+    ec2.create_launch_template_version(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": other_ami, "InstanceType": "c7i.xlarge"})
+    EC2Provider(settings).launch(1)
+    latest = ec2.describe_launch_template_versions(LaunchTemplateName=name, Versions=["$Latest"])[
+        "LaunchTemplateVersions"][0]
+    assert latest["VersionNumber"] == 4 and latest["VersionDescription"].endswith("from version 3")
+    assert latest["LaunchTemplateData"]["ImageId"] == other_ami
+    assert other_ami in {i["ImageId"] for i in _instances(settings)}
+
+
+SPOT_REFUSED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<CreateFleetResponse xmlns="http://ec2.amazonaws.com/doc/'
+                b'2016-11-15/"><requestId>proxy</requestId><fleetId>fleet-0123abcd-0000-4000-8000-000000000000'
+                b"</fleetId><errorSet><item><lifecycle>spot</lifecycle><errorCode>InsufficientInstanceCapacity"
+                b"</errorCode><errorMessage>There is no Spot capacity available that matches your request."
+                b"</errorMessage></item></errorSet><fleetInstanceSet/></CreateFleetResponse>")
+
+
+def test_launches_go_to_every_pool_spot_first_and_fall_back_to_on_demand_in_the_same_decision(
+        local_aws, tmp_path, network):
+    """Issue 19, part 3: EC2 Fleet (instant) over every subnet × instance type; where spot is refused
+    everywhere, the same launch asks for on-demand instances."""
+    from tests.aws_proxy import AwsProxy, Rule
+
+    ec2 = aws.client("ec2", config.Settings(aws_endpoint=local_aws))
+    vpc = ec2.describe_subnets(SubnetIds=[network["ec2_subnets"]])["Subnets"][0]["VpcId"]
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]][:2]
+    with AwsProxy(local_aws) as proxy:
+        settings = make_settings(proxy.url, tmp_path, provider="ec2", **{**network, "ec2_subnets": ",".join(subnets)},
+                                 ec2_instance_types="c7i.large,m7i.large")
+        fleets = proxy.add(Rule("POST", "/", action="CreateFleet"))
+        refused = proxy.add(Rule("POST", "/", action="CreateFleet", body_contains=b"DefaultTargetCapacityType=spot",
+                                 answer=SPOT_REFUSED))
+        EC2Provider(settings).launch(3)
+        assert (fleets.count, refused.count) == (2, 1)  # spot (refused), then on demand
+        instances = _instances(settings)
+        assert len(instances) == 3 and all(i.get("InstanceLifecycle") != "spot" for i in instances)
+        assert sum(EC2Provider(settings).counts()) == 3
+        [fleet] = aws.client("ec2", settings).describe_fleets()["Fleets"][-1:]
+        overrides = fleet["LaunchTemplateConfigs"][0]["Overrides"]
+        assert sorted((o["SubnetId"], o["InstanceType"]) for o in overrides) == sorted(
+            (s, t) for s in subnets for t in ("c7i.large", "m7i.large"))
+        assert fleet["TargetCapacitySpecification"]["DefaultTargetCapacityType"] == "on-demand"
+
+        # Spot only, and refused: nothing launched, and the refusal says why (the scaler backs off).
+        with pytest.raises(ec2fleet.LaunchRefused, match="InsufficientInstanceCapacity"):
+            EC2Provider(settings.with_(ec2_capacity="spot")).launch(2)
+        assert len(_instances(settings)) == 3
 
 
 def test_a_refused_launch_is_recorded_and_retried_with_a_growing_backoff(ec2_settings, monkeypatch):
@@ -131,7 +206,7 @@ def test_missing_ami_names_the_setting(ec2_settings):
     provider = EC2Provider(ec2_settings.with_(ec2_ami=""))
     with pytest.raises(ValueError, match="DAAS_EC2_AMI") as raised:
         provider.launch(1)
-    assert "DAAS_EC2_SUBNET" not in str(raised.value)  # only what is missing
+    assert "DAAS_EC2_SECURITY_GROUP" not in str(raised.value)  # only what is missing
     assert provider.counts() == (0, 0)
 
 
@@ -264,11 +339,12 @@ def test_the_controller_stays_responsive_while_ec2_throttles(local_aws, tmp_path
 
 
 # -- the EC2 lifecycle: launches and ends -------------------------------------------------------------
-def test_launches_ask_for_partial_capacity_idempotently_and_are_remembered(ec2_settings):
+def test_launches_are_idempotent_and_remembered(ec2_settings):
+    template = {"LaunchTemplateName": "t", "Version": "1"}
+    first, second = (ec2fleet.fleet_request(template, 5, "spot", ec2fleet.pools([], ["c7i.large"]), []) for _ in "ab")
+    assert first["ClientToken"] and first["ClientToken"] != second["ClientToken"]  # retries never launch twice
+    assert first["Type"] == "instant" and first["SpotOptions"]["AllocationStrategy"] == "price-capacity-optimized"
     provider = EC2Provider(ec2_settings)
-    first, second = provider.launch_parameters(5), provider.launch_parameters(5)
-    assert (first["MinCount"], first["MaxCount"]) == (1, 5)  # partial capacity launches what it can
-    assert first["ClientToken"] and first["ClientToken"] != second["ClientToken"]
     provider.launch(2)
     # A restarted controller remembers the launches DescribeInstances may not list yet.
     assert set(json.loads((ec2_settings.state_dir / "ec2-launches.json").read_text())) == {
