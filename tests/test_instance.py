@@ -24,7 +24,8 @@ def test_processes_default_to_four_a_core():
 
 def test_an_instance_keeps_its_processes_and_powers_off_once_when_all_have_retired(local_aws, tmp_path):
     powered_off = tmp_path / "powered-off"
-    settings = make_settings(local_aws, tmp_path, worker_processes=2, idle_timeout=20.0, heartbeat_interval=2.0,
+    settings = make_settings(local_aws, tmp_path, worker_processes=2, idle_timeout=12.0, visibility_timeout=12,
+                             heartbeat_interval=2.0,
                              worker_host="i-0123456789abcdef0",
                              poweroff_command=f"{sys.executable} -c \"open('{powered_off}', 'a').write('off')\"")
     env = {**os.environ, **config.to_env(settings)}
