@@ -24,6 +24,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from daas import storage
 from daas.aws import caller_id, client
 from daas.config import Settings
 
@@ -63,11 +64,7 @@ def beat(settings: Settings, node: str, record: dict, s3=None) -> None:
 
 def read(settings: Settings, name: str) -> dict | None:
     """A record, named as `heartbeats` names it; None if it is gone (its worker exited meanwhile)."""
-    s3 = client("s3", settings)
-    try:
-        return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=PREFIX + name)["Body"].read())
-    except s3.exceptions.NoSuchKey:
-        return None
+    return storage.get_json(settings, PREFIX + name)
 
 
 def forget(settings: Settings, name: str) -> None:

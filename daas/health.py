@@ -10,13 +10,12 @@ only what a web host itself serves: a stalled controller never takes the web tie
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from daas import aws
+from daas import storage
 from daas.config import TICKS_MISSED_UNHEALTHY, Settings
 
 log = logging.getLogger(__name__)
@@ -27,18 +26,13 @@ PREFIX = "control/"
 def record(settings: Settings, name: str, document: dict) -> None:
     """Replace a record (one PUT). One that cannot be written is logged and reads as a late tick."""
     try:
-        aws.client("s3", settings).put_object(Bucket=settings.output_bucket, Key=f"{PREFIX}{name}.json",
-                                              Body=json.dumps(document).encode(), ContentType="application/json")
+        storage.put_json(settings, f"{PREFIX}{name}.json", document)
     except (BotoCoreError, ClientError) as exc:
         log.warning("could not record the %s: %r", name, exc)
 
 
 def read(settings: Settings, name: str) -> dict | None:
-    s3 = aws.client("s3", settings)
-    try:
-        return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=f"{PREFIX}{name}.json")["Body"].read())
-    except s3.exceptions.NoSuchKey:
-        return None
+    return storage.get_json(settings, f"{PREFIX}{name}.json")
 
 
 def problem(settings: Settings, now: float | None = None) -> tuple[str, str] | None:
