@@ -91,14 +91,16 @@ def test_steady_rate_counts_from_the_first_label():
     assert bench.Run(0.0, 2.0, 2.0, [2.0], [{}]).steady_images_per_s == 0.5  # one label: end to end
 
 
-def test_bench_batch_on_a_small_bucket(tmp_path):
+def test_bench_batch_on_a_small_bucket(tmp_path, monkeypatch):
     from daas.bench import batch
 
+    monkeypatch.setattr(batch, "LISTING_SAMPLE", 100)  # the first 100 of the 150 keys listed on their own too
     report = batch.run(tmp_path, images=40, listing_keys=150, jobs_sample=10, workers=1)
     assert json.loads((tmp_path / "batch.json").read_text()) == json.loads(json.dumps(report))
     assert report["batch"]["images"] == 40 and report["batch"]["errors"] == 0
     assert report["batch"]["images_per_s"] > 0 and report["batch"]["enqueue_images_per_s"] > 0
     assert report["jobs"]["images"] == 10 and report["jobs"]["images_per_s"] > 0
     assert report["lister"]["40"]["enqueued"] == 40 and report["lister"]["150"]["enqueued"] == 150
+    assert report["lister"]["100"]["enqueued"] == 100
     assert all(figures["peak_rss_mb"] > 0 for figures in report["lister"].values())
     assert "the lister alone over 150 keys" in batch.format_report(report)
