@@ -1,9 +1,10 @@
 """The autoscaler: a beat-driven task on the control queue that launches workers for the backlog,
 as the boot-aware policy (daas.scaling) says from what the controller measured (daas.observed).
 
-Scale-out only: workers scale themselves in by powering off when idle (daas.lifecycle), so the
-scaler never stops a busy worker and cannot thrash around a boundary. Broken workers are ended by
-the housekeeping task (daas.tasks.housekeeping), not here.
+Scale-in never stops a busy worker: workers power themselves off when idle (daas.lifecycle), and
+at each housekeeping run `retire_surplus` asks the workers that a steady load no longer needs to
+retire (daas.scaling.surplus: they finish the task in hand, then power off). Broken workers are
+ended by the housekeeping task (daas.tasks.housekeeping), not here.
 """
 from __future__ import annotations
 
@@ -87,6 +88,29 @@ def _scale() -> int:
     timeline.append(settings.state_dir, {"t": now, **depth, "running": counts["running"],
                                          "starting": counts["starting"], "launched": launched})
     return launched
+
+
+def retire_surplus(settings: config.Settings, records: dict[str, dict[str, dict]], workers: Provider,
+                   seen: Observed) -> list[str]:
+    """Ask the workers a steady load no longer needs to retire (`records`: the live workers'
+    heartbeat records, {worker id: {record name: record}}, read by housekeeping), and forget the
+    requests of processes that are gone. Returns the ids of the workers asked."""
+    from daas import metrics  # the controller's counters (workers import this module too, and need none)
+
+    busy = seen.busy_shares(records)
+    starting = sum(1 for worker in workers.workers() if worker.id not in records)
+    depth = aws.queue_depth(settings)
+    retire = scaling.surplus(busy, depth["visible"] + depth["in_flight"], starting, minimum=settings.scale_min)
+    load = sum(share or 0.0 for share in busy.values())
+    for worker_id in retire:
+        reason = (f"asked to retire by the controller: {len(busy) - len(retire)} of {len(busy)} workers "
+                  f"carry the load ({load:.2f} workers' worth busy)")
+        log.info("worker %s %s", worker_id, reason)
+        for name in records[worker_id]:
+            fleet.ask_to_retire(settings, name, reason)
+    metrics.workers_retired.inc(len(retire))
+    fleet.forget_retire_requests(settings, {name for named in records.values() for name in named})
+    return retire
 
 
 # After EC2 refuses a launch (no capacity, a vCPU quota, throttling) the next tries wait longer and

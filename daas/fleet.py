@@ -15,6 +15,10 @@ housekeeping run (one LIST per 1000 workers) and reads ages from their LastModif
 - a worker older than DAAS_MAX_LIFETIME plus that grace outlived its lifetime (it retires itself
   at DAAS_MAX_LIFETIME; this is the backstop).
 
+The controller asks a worker it no longer needs to retire with a marker beside the records,
+`retire/<principal>/<node>` (daas.autoscale.retire_surplus), which each process reads with every
+heartbeat (daas.lifecycle); the worker role may only read its own instance's markers.
+
 No ping: a solo worker busy on a long task cannot answer one (the old sweeper deleted such a
 worker's pidbox queue, and the worker died of it).
 """
@@ -29,6 +33,7 @@ from daas.aws import caller_id, client
 from daas.config import Settings
 
 PREFIX = "workers/"
+RETIRE_PREFIX = "retire/"  # not under PREFIX: the records' listing must not see the markers
 _NODE = re.compile(r"^(?P<stack>.+)-worker-(?P<pid>\d+)@(?P<host>.+)$")
 
 
@@ -70,6 +75,28 @@ def read(settings: Settings, name: str) -> dict | None:
 def forget(settings: Settings, name: str) -> None:
     """Delete a record, named as `heartbeats` names it (or as `record_name` does)."""
     client("s3", settings).delete_object(Bucket=settings.output_bucket, Key=PREFIX + name)
+
+
+def ask_to_retire(settings: Settings, name: str, reason: str) -> None:
+    """Ask the worker process of a record (named as `heartbeats` names it) to retire."""
+    storage.put_json(settings, RETIRE_PREFIX + name, {"reason": reason})
+
+
+def retire_request(settings: Settings, name: str, s3) -> str | None:
+    """Why the controller asked this record's process to retire, or None (`s3`: the caller's client)."""
+    try:
+        return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=RETIRE_PREFIX + name)["Body"].read())["reason"]
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def forget_retire_requests(settings: Settings, keep: set[str]) -> None:
+    """Delete the markers of processes that are gone (one LIST; usually empty)."""
+    s3 = client("s3", settings)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.output_bucket, Prefix=RETIRE_PREFIX):
+        for obj in page.get("Contents", []):
+            if obj["Key"][len(RETIRE_PREFIX):] not in keep:
+                s3.delete_object(Bucket=settings.output_bucket, Key=obj["Key"])
 
 
 def heartbeats(settings: Settings) -> dict[str, float]:

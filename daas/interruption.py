@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import urllib.error
 import urllib.request
+from typing import Callable
 
 log = logging.getLogger(__name__)
 POLL_S = 5.0  # AWS's advice for spot interruption notices
@@ -46,18 +47,21 @@ def ask(endpoint: str, timeout: float = 2.0) -> str | None:
 
 
 class Watcher:
-    """A worker's duty (daas.watchdog runs it every POLL_S): ask, and remember a notice once seen."""
+    """A worker's duty (daas.watchdog runs it every round): ask `ask` whether the worker should
+    leave, and remember the first reason given. Two watch a worker on EC2: the instance metadata's
+    notices (`ask` here), and the controller's request to retire a worker a steady load no longer
+    needs (daas.fleet.retire_request); `source` names which in a log line."""
 
-    def __init__(self, endpoint: str, on_notice):
-        self.endpoint, self.on_notice, self.notice = endpoint, on_notice, None
+    def __init__(self, ask: Callable[[], str | None], on_notice: Callable[[str], None], source: str):
+        self.ask, self.on_notice, self.source, self.notice = ask, on_notice, source, None
 
     def check(self) -> None:
         if self.notice is not None:
             return
         try:
-            notice = ask(self.endpoint)
-        except (OSError, ValueError) as exc:  # the metadata service is local and rarely fails: try again next round
-            log.warning("could not ask the instance metadata for interruption notices: %r", exc)
+            notice = self.ask()
+        except Exception as exc:  # the metadata service and S3 rarely fail: try again next round
+            log.warning("could not ask %s whether to leave: %r", self.source, exc)
             return
         if notice:
             log.warning("%s: leaving (no new messages; the task in hand is finished)", notice)

@@ -5,12 +5,14 @@
 - keep held messages invisible: a short visibility timeout, pushed back while a task runs;
 - heartbeat: a record in the output bucket (daas.fleet) and systemd's watchdog, while healthy;
 - watchdog: exit when the consumer stops making progress (daas.watchdog);
-- retire: stop consuming when idle, past the maximum lifetime or told by EC2 that the instance is
-  going (a spot interruption notice, a rebalance recommendation: daas.interruption), shut down warm;
+- retire: stop consuming when idle, past the maximum lifetime, asked by the controller (a steady
+  load that fewer workers carry: daas.scaling.surplus) or told by EC2 that the instance is going (a
+  spot interruption notice, a rebalance recommendation: daas.interruption), shut down warm;
 - power off after retiring (DAAS_POWEROFF_COMMAND; on EC2 the instance then terminates).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -35,12 +37,16 @@ def install(app, cfg: config.Settings, node: str, register_in: str | None = None
     signals.worker_process_init.connect(warm_up, weak=False)
     if register_in:
         register(Path(register_in))
-    global _interruptions
     heartbeat = Heartbeat(cfg, node)
-    duties = [Duty(cfg.extend_every, VisibilityKeeper(cfg).extend), Duty(cfg.heartbeat_interval, heartbeat.beat)]
+    asked = interruption.Watcher(heartbeat.retire_request, heartbeat.goodbye, "the controller")
+    duties = [Duty(cfg.extend_every, VisibilityKeeper(cfg).extend), Duty(cfg.heartbeat_interval, heartbeat.beat),
+              Duty(cfg.heartbeat_interval, asked.check)]
+    _leave_requests[:] = [asked]
     if cfg.imds_endpoint:
-        _interruptions = interruption.Watcher(cfg.imds_endpoint, heartbeat.goodbye)
-        duties.append(Duty(interruption.POLL_S, _interruptions.check))
+        notices = interruption.Watcher(functools.partial(interruption.ask, cfg.imds_endpoint), heartbeat.goodbye,
+                                       "the instance metadata")
+        duties.append(Duty(interruption.POLL_S, notices.check))
+        _leave_requests.append(notices)
     watchdog = Watchdog(cfg.queue, cfg.stall_timeout, cfg.task_time_limit, duties=duties)
     signals.worker_init.connect(lambda **_: watchdog.start(), weak=False)
     signals.worker_ready.connect(watchdog.ready, weak=False)
@@ -48,8 +54,7 @@ def install(app, cfg: config.Settings, node: str, register_in: str | None = None
     signals.task_prerun.connect(heartbeat.task_started, weak=False)
     signals.task_postrun.connect(heartbeat.task_done, weak=False)
     signals.worker_shutdown.connect(lambda **_: (watchdog.stop(), heartbeat.forget()), weak=False)
-    if cfg.idle_timeout > 0 or cfg.max_lifetime > 0 or cfg.imds_endpoint:
-        app.steps["consumer"].add(Retirement)
+    app.steps["consumer"].add(Retirement)
 
 
 # -- warm up ---------------------------------------------------------------------------------------
@@ -171,6 +176,13 @@ class Heartbeat:
         except Exception as exc:  # the exit deletes the record anyway
             log.warning("could not write the goodbye in the heartbeat record: %r", exc)
 
+    def retire_request(self) -> str | None:
+        """Why the controller asked this process to retire (daas.fleet.retire_request), or None."""
+        if not self.consuming:
+            return None
+        return fleet.retire_request(self.cfg, fleet.record_name(self.cfg, self.node),
+                                    duty_client("s3", self.cfg, self.cfg.heartbeat_interval))
+
     def forget(self) -> None:
         notify("STOPPING=1")
         if self.consuming:
@@ -193,7 +205,7 @@ def retirement(now: float, last_busy: float, started: float, *, idle_timeout: fl
 
 
 _retired = False
-_interruptions: interruption.Watcher | None = None  # set where DAAS_IMDS_ENDPOINT is
+_leave_requests: list[interruption.Watcher] = []  # the controller's; EC2's where DAAS_IMDS_ENDPOINT is
 
 
 class Retirement(bootsteps.StartStopStep):
@@ -236,7 +248,7 @@ class Retirement(bootsteps.StartStopStep):
         if self.cancelled_at is None:
             if worker_state.active_requests or worker_state.reserved_requests:
                 self.last_busy = now
-            reason = (_interruptions and _interruptions.notice) or retirement(
+            reason = next((w.notice for w in _leave_requests if w.notice), None) or retirement(
                 now, self.last_busy, self.started, idle_timeout=self.idle_timeout, max_lifetime=self.cfg.max_lifetime)
             if reason:
                 log.info("%s: no longer consuming; shutting down once the last poll is over", reason)

@@ -46,6 +46,8 @@ image_stage_seconds = Histogram("daas_image_stage_seconds", "seconds per image i
 
 CONTROLLER = CollectorRegistry(auto_describe=True)
 workers_launched = Counter("daas_workers_launched", "workers launched by the autoscaler", registry=CONTROLLER)
+workers_retired = Counter("daas_workers_retired", "workers a steady load no longer needed, asked to retire "
+                          "(daas.scaling.surplus)", registry=CONTROLLER)
 launch_refusals = Counter("daas_launch_refusals", "launches the provider refused (no capacity, a quota, "
                           "throttling)", registry=CONTROLLER)
 dead_letter_images = Counter("daas_dead_letter_images", "images given up on after DAAS_MAX_RECEIVES failed "

@@ -6,8 +6,11 @@
   its instance takes a while to end): it is not capacity, and the policy does not wait for it.
 - How long a worker takes from its launch to its first heartbeat (the median of the latest
   boots the controller watched; on EC2 instance start, cloud-init, a cold volume and the model).
-- How many tasks a second one worker finishes while busy, from the counts in the records (read
-  by housekeeping, once a minute: one GET a worker).
+- How many full tasks a second one worker finishes while busy, from the counts in the records
+  (read by housekeeping, once a minute: one GET a worker): images over busy seconds, in tasks of
+  DAAS_IMAGES_PER_TASK images, as a batch's are. Counting tasks instead made a worker that had
+  served a trickle of one-image uploads look ten times faster at the next batch's full tasks.
+- How busy each worker was since the previous housekeeping run (daas.scaling.surplus).
 - How many tasks a second arrive (daas.scaling.Inflow, from the queue's depth at each tick).
 
 Until it has seen any, the controller assumes DAAS_SCALE_BOOT_TIME and DAAS_SCALE_WORKER_RATE. What
@@ -40,7 +43,9 @@ class Observed:
         saved = state.read_json(self.file, {})
         self.boots: list[float] = saved.get("boots", [])
         # DAAS_SCALE_WORKER_RATE is in images a second, as people think of it; tasks are full ones
+        self.images_per_task = settings.images_per_task
         self.rate: float = saved.get("tasks_per_s", settings.scale_worker_rate / settings.images_per_task)
+        self.counted: dict[str, tuple[float, float]] = {}  # record name: (its beat, its busy seconds) last run
         self.inflow = scaling.Inflow()
         self.default_boot = settings.scale_boot_time
         self.served: set[str] = set()     # workers seen with a heartbeat
@@ -74,15 +79,34 @@ class Observed:
         return FleetView(ready, tuple(starting), retiring)
 
     def learn_rates(self, records: dict[str, list[dict]]) -> None:
-        """Learn the tasks a second of one worker from its processes' heartbeat records
-        ({worker id: records}; each record counts `tasks` over `busy_s` seconds in them)."""
-        rates = [sum(r.get("tasks", 0) / r["busy_s"] for r in rs if r.get("busy_s", 0) >= MIN_BUSY_S)
-                 for rs in records.values()]
+        """Learn the full tasks a second of one worker from its processes' heartbeat records
+        ({worker id: records}; each record counts `images` over `busy_s` seconds in tasks)."""
+        rates = [sum(r.get("images", 0) / r["busy_s"] for r in rs if r.get("busy_s", 0) >= MIN_BUSY_S)
+                 / self.images_per_task for rs in records.values()]
         rates = [rate for rate in rates if rate > 0]
         if rates:
             with self.lock:
                 self.rate = statistics.median(rates)
             self.save()
+
+    def busy_shares(self, records: dict[str, dict[str, dict]]) -> dict[str, float | None]:
+        """{worker id: the share of the time its processes were busy since the previous call},
+        from their heartbeat records ({worker id: {record name: record}}); None for a worker with
+        a process not seen then (it just arrived), or one that is leaving (daas.scaling.surplus
+        decides nothing then)."""
+        shares: dict[str, float | None] = {}
+        counted = {}
+        for worker_id, named in records.items():
+            parts = []
+            for name, record in named.items():
+                counted[name] = (record.get("beat", 0.0), record.get("busy_s", 0.0))
+                before = self.counted.get(name)
+                elapsed = counted[name][0] - before[0] if before else 0.0
+                parts.append(None if record.get("leaving") or elapsed <= 0
+                             else min(1.0, max(0.0, (counted[name][1] - before[1]) / elapsed)))
+            shares[worker_id] = None if None in parts or not parts else sum(parts) / len(parts)
+        self.counted = counted
+        return shares
 
     def save(self) -> None:
         with self.lock:

@@ -228,7 +228,7 @@ def housekeeping() -> dict:
     """The controller's periodic housekeeping (every DAAS_SWEEP_INTERVAL): end broken workers, then
     delete what dead processes left behind. A run that finds the previous one still going (the
     controller's tasks run on threads) skips: the next one does the work."""
-    from daas.autoscale import observed, provider
+    from daas.autoscale import observed, provider, retire_surplus
 
     if not _housekeeping.acquire(blocking=False):
         log.warning("housekeeping skipped: the previous run is still going")
@@ -237,9 +237,11 @@ def housekeeping() -> dict:
         cfg = settings()
         ended, live = end_broken_workers(cfg, provider())
         try:
-            learn_worker_rates(cfg, live, provider(), observed())
+            records = learn_worker_rates(cfg, live, provider(), observed())
+            retire_surplus(cfg, records, provider(), observed())
         except Exception as exc:  # the policy keeps its last estimate; the sweep goes on
-            log.warning("could not read the workers' counts (the scaler keeps its estimate): %r", exc)
+            log.warning("could not read the workers' counts or retire a surplus (the scaler keeps its "
+                        "estimate): %r", exc)
         return {"ended": ended, "removed": sweep(cfg)}
     finally:
         _housekeeping.release()
@@ -267,15 +269,17 @@ def end_broken_workers(cfg: config.Settings, workers) -> tuple[dict[str, str], s
     return ended, live_nodes
 
 
-def learn_worker_rates(cfg: config.Settings, live: set[str], workers, seen) -> None:
+def learn_worker_rates(cfg: config.Settings, live: set[str], workers, seen) -> dict[str, dict[str, dict]]:
     """Read the live workers' records (one GET each) and let the scaling policy learn from their
-    counts how many images a second one worker classifies (daas.observed)."""
-    by_worker: dict[str, list[dict]] = {}
+    counts how many images a second one worker classifies (daas.observed). Returns the records,
+    {worker id: {record name: record}}."""
+    by_worker: dict[str, dict[str, dict]] = {}
     for name, worker_id in fleet.owners(dict.fromkeys(live), workers.worker_id).items():
         record = fleet.read(cfg, name) if worker_id is not None else None
         if record is not None:
-            by_worker.setdefault(worker_id, []).append(record)
-    seen.learn_rates(by_worker)
+            by_worker.setdefault(worker_id, {})[name] = record
+    seen.learn_rates({worker_id: list(named.values()) for worker_id, named in by_worker.items()})
+    return by_worker
 
 
 def sweep(cfg: config.Settings, expires_after: float | None = None, page_size: int = 1000) -> list[str]:

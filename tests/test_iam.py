@@ -363,7 +363,8 @@ def test_the_worker_reads_inputs_writes_only_results_and_its_heartbeats(audit):
     listed = {resource for action, resource in _grants(policies["worker"]) if action == "s3:ListBucket"}
     # Of the user's buckets, only the batch source named at deploy time, and only to read.
     assert reads == {n["input"], f"{n['output']}/results", f"{n['output']}/batches",
-                     f"arn:aws:s3:::{stack}-photos"} and listed == {n["input"], n["output"]}
+                     f"{n['output']}/retire/${{aws:userid}}", f"arn:aws:s3:::{stack}-photos"} \
+        and listed == {n["input"], n["output"]}
     sends = {resource for action, resource in _grants(policies["worker"]) if action == "sqs:SendMessage"}
     assert sends == {f"{n['sqs']}{stack}-replies-*", f"{n['sqs']}{stack}-*-{stack}-pidbox",
                      f"{n['sqs']}{stack}-celeryev-*", f"{n['sqs']}*-reply-{stack}-pidbox"}  # never classify or control
@@ -412,7 +413,8 @@ def test_the_controller_launches_and_ends_only_this_stacks_workers(audit):
     assert [s["Resource"] for s in passes] == [f"arn:aws:iam::{MOTO_ACCOUNT}:role/{stack}-worker"]
     deletes = {r for action, r in _grants(policies["controller"]) if action == "s3:DeleteObject"}
     output = f"arn:aws:s3:::{settings.output_bucket}"
-    assert deletes == {f"{output}/workers/*", f"{output}/batches/active/*", f"{output}/callbacks/pending/*"}  # never
+    assert deletes == {f"{output}/workers/*", f"{output}/retire/*", f"{output}/batches/active/*",
+                       f"{output}/callbacks/pending/*"}  # never
     # images, results or batch outputs
     # It reaps the dead-letter queue but never consumes the classify queue (the workers' job).
     consumed = {r.rsplit(":", 1)[1] for action, r in _grants(policies["controller"]) if action == "sqs:DeleteMessage"}

@@ -21,12 +21,12 @@ def test_the_notices_are_read_with_an_imdsv2_token():
 
 
 def test_a_metadata_service_that_fails_is_asked_again_next_round():
-    seen = []
-    watcher = interruption.Watcher("http://127.0.0.1:9", seen.append)  # nothing listens there
+    seen, where = [], ["http://127.0.0.1:9"]  # nothing listens there
+    watcher = interruption.Watcher(lambda: interruption.ask(where[0]), seen.append, "the instance metadata")
     watcher.check()
     assert watcher.notice is None and not seen
     with Imds() as imds:
-        watcher.endpoint = imds.url
+        where[0] = imds.url
         imds.post(SPOT, {"action": "stop"})
         watcher.check()
         watcher.check()

@@ -71,5 +71,6 @@ def test_metrics_count_requests_images_and_stages_across_the_web_processes(local
         # The controller's own: nothing launched (its one worker was started by hand), nothing given up.
         controller = wait_for(lambda: (c := scrape(f"http://127.0.0.1:{settings.controller_metrics_port}")).get(
             ("daas_workers", (("state", "running"),))) == 1 and c, 30, "the controller's metrics with its tick")
-        for counter in ("daas_workers_launched_total", "daas_launch_refusals_total", "daas_dead_letter_images_total"):
+        for counter in ("daas_workers_launched_total", "daas_workers_retired_total", "daas_launch_refusals_total",
+                        "daas_dead_letter_images_total"):
             assert controller[(counter, ())] == 0

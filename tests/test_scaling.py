@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from daas.scaling import Fleet, Inflow, Limits, boot_aware, drain_time
+from daas.scaling import Fleet, Inflow, Limits, boot_aware, drain_time, surplus
 
 EC2_BOOT, LOCAL_BOOT, RATE = 120.0, 5.0, 2.5
 LIMITS = Limits(drain_target=60.0, minimum=0, maximum=20)
@@ -52,8 +52,8 @@ def test_a_large_backlog_launches_enough_to_drain_by_the_deadline_and_no_more():
     assert launched == 5
     assert drain_time(2_000, RATE, [0.0] + [EC2_BOOT] * launched) <= 240.0
     assert drain_time(2_000, RATE, [0.0] + [EC2_BOOT] * (launched - 1)) > 240.0
-    # Asking more work of each (the default, WORK_PER_BOOT) launches fewer for the same backlog.
-    assert boot_aware(fleet(2_000, ready=1), LIMITS) < launched
+    # Asking more work of each launches fewer for the same backlog.
+    assert boot_aware(fleet(2_000, ready=1), LIMITS, work_per_boot=2.0) < launched
 
 
 def test_short_boots_drain_within_the_target_itself():
@@ -64,9 +64,11 @@ def test_short_boots_drain_within_the_target_itself():
 
 def test_workers_are_launched_to_keep_up_with_a_stream():
     # Nothing waits yet, but 9 tasks a second arrive and the warm worker does 2.5. Four workers would
-    # keep up, but not work off the 780 tasks that pile up while the new ones boot: a fifth does.
-    assert boot_aware(fleet(1, ready=1, inflow=9.0), LIMITS) == 4
-    assert boot_aware(fleet(1, ready=4, inflow=9.0), LIMITS) == 0
+    # keep up, but not work off the 780 tasks that pile up while the new ones boot: with a deadline
+    # of three boots (360 s) a fifth does; with two (240 s), the 780 must go in 120 s: seven.
+    assert boot_aware(fleet(1, ready=1, inflow=9.0), LIMITS, work_per_boot=2.0) == 4
+    assert boot_aware(fleet(1, ready=1, inflow=9.0), LIMITS, work_per_boot=1.0) == 6
+    assert boot_aware(fleet(1, ready=4, inflow=9.0), LIMITS, work_per_boot=2.0) == 0
 
 
 def test_no_worker_is_launched_that_would_arrive_after_the_backlog_drains():
@@ -122,3 +124,22 @@ def test_one_burst_is_not_a_stream():
     inflow.update(clock, backlog=0, capacity=0.0, rate=RATE)
     inflow.update(clock + Inflow.WINDOW, backlog=100, capacity=0.0, rate=RATE)  # 100 tasks at once
     assert inflow.update(clock + 2 * Inflow.WINDOW, backlog=75, capacity=5.0, rate=RATE) == 0.0
+
+
+def test_a_steady_load_spread_over_too_many_workers_retires_the_least_busy():
+    # Five workers each 20% busy: one worth of load; two carry it at half their capacity.
+    shares = {"a": 0.2, "b": 0.25, "c": 0.15, "d": 0.2, "e": 0.2}
+    assert surplus(shares, backlog=0, starting=0, target=0.75) == ["c", "a", "d"]  # least busy first
+    assert surplus(shares, backlog=0, starting=0, target=0.75, minimum=4) == ["c"]
+    # The rest stay at most `target` busy: 1.75 workers' worth needs three at 0.75.
+    assert len(surplus({"a": 0.35, "b": 0.35, "c": 0.35, "d": 0.35, "e": 0.35}, 0, 0, target=0.75)) == 2
+
+
+def test_nothing_is_retired_while_the_fleet_changes_or_drains_a_backlog():
+    busy = {"a": 0.1, "b": 0.1}
+    assert surplus(busy, backlog=0, starting=0) == ["a"]
+    assert surplus(busy, backlog=3, starting=0) == []          # a burst being drained needs them all
+    assert surplus(busy, backlog=0, starting=1) == []          # a launch in flight: the policy wanted more
+    assert surplus({"a": 0.1, "b": None}, 0, 0) == []          # one not measured over a whole window
+    assert surplus({"a": 0.0}, 0, 0) == [] and surplus({}, 0, 0) == []  # the last one idles out itself
+    assert surplus({"a": 0.9, "b": 0.9}, 0, 0) == []           # both needed
