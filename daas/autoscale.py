@@ -93,11 +93,17 @@ def _scale() -> int:
 def retire_surplus(settings: config.Settings, records: dict[str, dict[str, dict]], workers: Provider,
                    seen: Observed) -> list[str]:
     """Ask the workers a steady load no longer needs to retire (`records`: the live workers'
-    heartbeat records, {worker id: {record name: record}}, read by housekeeping), and forget the
-    requests of processes that are gone. Returns the ids of the workers asked."""
+    heartbeat records, {worker id: {record name: record}}, read by housekeeping), once those asked
+    before are gone, whose requests are then forgotten. Returns the ids of the workers asked."""
     from daas import metrics  # the controller's counters (workers import this module too, and need none)
 
-    busy = seen.busy_shares(records)
+    busy = seen.busy_shares(records)  # every run, so that each share covers one interval
+    live = {name for named in records.values() for name in named}
+    standing = fleet.retire_requests(settings)
+    for name in standing - live:
+        fleet.forget_retire_request(settings, name)
+    if standing & live:  # a worker asked before has not left yet: the fleet is changing
+        return []
     starting = sum(1 for worker in workers.workers() if worker.id not in records)
     depth = aws.queue_depth(settings)
     retire = scaling.surplus(busy, depth["visible"] + depth["in_flight"], starting, minimum=settings.scale_min)
@@ -109,7 +115,6 @@ def retire_surplus(settings: config.Settings, records: dict[str, dict[str, dict]
         for name in records[worker_id]:
             fleet.ask_to_retire(settings, name, reason)
     metrics.workers_retired.inc(len(retire))
-    fleet.forget_retire_requests(settings, {name for named in records.values() for name in named})
     return retire
 
 

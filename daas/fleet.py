@@ -90,13 +90,15 @@ def retire_request(settings: Settings, name: str, s3) -> str | None:
         return None
 
 
-def forget_retire_requests(settings: Settings, keep: set[str]) -> None:
-    """Delete the markers of processes that are gone (one LIST; usually empty)."""
-    s3 = client("s3", settings)
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.output_bucket, Prefix=RETIRE_PREFIX):
-        for obj in page.get("Contents", []):
-            if obj["Key"][len(RETIRE_PREFIX):] not in keep:
-                s3.delete_object(Bucket=settings.output_bucket, Key=obj["Key"])
+def retire_requests(settings: Settings) -> set[str]:
+    """The record names with a retire request standing (one LIST; usually empty)."""
+    pages = client("s3", settings).get_paginator("list_objects_v2").paginate(
+        Bucket=settings.output_bucket, Prefix=RETIRE_PREFIX)
+    return {obj["Key"][len(RETIRE_PREFIX):] for page in pages for obj in page.get("Contents", [])}
+
+
+def forget_retire_request(settings: Settings, name: str) -> None:
+    client("s3", settings).delete_object(Bucket=settings.output_bucket, Key=RETIRE_PREFIX + name)
 
 
 def heartbeats(settings: Settings) -> dict[str, float]:

@@ -266,13 +266,14 @@ def test_scale_measures_the_queue_and_launches_ec2_workers_once(ec2_settings, mo
     autoscale.provider.cache_clear()
     try:
         # 25 tasks at 0.1 a second per worker (1 image/s, 10 images a task), boots of 120 s: one to
-        # start with (0 -> 1), then enough for the 25 to be done within three boots (360 s): two.
-        assert autoscale.scale() == 2
-        assert autoscale.measure(ec2_settings, provider)["workers"]["starting"] == 2
-        assert autoscale.scale() == 0  # the two just launched are capacity already
+        # start with (0 -> 1), then enough for the 25 to be done within two boots (240 s), 120 s
+        # after they arrive: three.
+        assert autoscale.scale() == 3
+        assert autoscale.measure(ec2_settings, provider)["workers"]["starting"] == 3
+        assert autoscale.scale() == 0  # the three just launched are capacity already
     finally:
         autoscale.provider.cache_clear()
-    assert len(_instances(ec2_settings)) == 2
+    assert len(_instances(ec2_settings)) == 3
 
 
 def _fill_queue(settings: config.Settings, messages: int) -> None:
@@ -300,7 +301,7 @@ def test_the_controller_stays_responsive_while_ec2_throttles(local_aws, tmp_path
         autoscale.observed.cache_clear()
         describes = proxy.add(Rule("POST", "/", action="DescribeInstances"))
         try:
-            assert autoscale.scale() == 2
+            assert autoscale.scale() == 3
             # One describe a tick: the decisions and housekeeping within it share the answer (a
             # launch makes the next one ask again).
             asked = describes.count
@@ -331,7 +332,7 @@ def test_the_controller_stays_responsive_while_ec2_throttles(local_aws, tmp_path
             started = time.time()
             assert autoscale.scale() == 0
             tick = health.read(settings, health.TICK)
-            assert tick["t"] >= started and tick["workers"]["starting"] == 2 and not tick["refused"]
+            assert tick["t"] >= started and tick["workers"]["starting"] == 3 and not tick["refused"]
             assert "EC2 throttled DescribeInstances" in caplog.text
         finally:
             autoscale.provider.cache_clear()

@@ -50,6 +50,8 @@ def test_a_light_steady_load_keeps_one_worker_and_the_others_leave(local_aws, tm
         time.sleep(4)
         retired = _housekeeping(settings, provider, seen)
         assert len(retired) == 2, retired
+        # Until those asked have left, the fleet is changing: nobody else is asked.
+        assert _housekeeping(settings, provider, seen) == [] and len(_markers(settings)) == 2
         leaving = [w for w in workers if str(w.pid) in retired]
         staying = next(w for w in workers if str(w.pid) not in retired)
         for worker in leaving:

@@ -68,6 +68,12 @@ def test_the_constants_chosen_lose_fewest_then_cost_within_one_percent_then_the_
     assert simulate.chosen(table)["name"] == "as cheap, faster"
 
 
+def test_the_fixed_fleet_is_billed_from_its_launch_a_boot_before_the_trace():
+    result = simulate.simulate(Trace("one", [(0.0, 10)], 600.0), FixedFleet(), boot=120.0, rate=RATE)
+    assert result["p99_s"] == pytest.approx(10 / RATE)  # no image waits for its boot
+    assert result["instance_hours"] * 3600 == pytest.approx(120.0 + 600.0)
+
+
 def test_verdicts_name_what_is_worse():
     rows = {"ours": {"p99_s": 10.0, "usd_on_demand": 1.0}, "cheap": {"p99_s": 20.0, "usd_on_demand": 0.5},
             "fast": {"p99_s": 1.0, "usd_on_demand": 2.0}, "both": {"p99_s": 1.0, "usd_on_demand": 0.5},

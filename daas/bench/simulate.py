@@ -357,13 +357,14 @@ class SageMakerLike(Policy):
 
 
 class FixedFleet(Policy):
-    """Workers for the trace's busiest minute, booted before it starts, never ended."""
+    """Workers for the trace's busiest minute, launched a boot before it starts (and billed from
+    then, as EC2 bills from the launch), ended when it ends."""
 
     name, retire_idle, fixed = "fixed fleet (peak)", False, True
 
     def start(self, sim: Sim) -> None:
         count = max(1, min(self.maximum, math.ceil(sim.trace.peak_per_s() / sim.rate)))
-        sim.workers = [Worker(0.0, 0.0) for _ in range(count)]
+        sim.workers = [Worker(-sim.boot, 0.0) for _ in range(count)]
 
 
 def policies() -> list[Policy]:
