@@ -84,17 +84,13 @@ def ask_to_retire(settings: Settings, name: str, reason: str) -> None:
 
 def retire_request(settings: Settings, name: str, s3) -> str | None:
     """Why the controller asked this record's process to retire, or None (`s3`: the caller's client)."""
-    try:
-        return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=RETIRE_PREFIX + name)["Body"].read())["reason"]
-    except s3.exceptions.NoSuchKey:
-        return None
+    request = storage.get_json(settings, RETIRE_PREFIX + name, s3)
+    return request["reason"] if request else None
 
 
 def retire_requests(settings: Settings) -> set[str]:
     """The record names with a retire request standing (one LIST; usually empty)."""
-    pages = client("s3", settings).get_paginator("list_objects_v2").paginate(
-        Bucket=settings.output_bucket, Prefix=RETIRE_PREFIX)
-    return {obj["Key"][len(RETIRE_PREFIX):] for page in pages for obj in page.get("Contents", [])}
+    return set(_listed(settings, RETIRE_PREFIX))
 
 
 def forget_retire_request(settings: Settings, name: str) -> None:
@@ -104,10 +100,14 @@ def forget_retire_request(settings: Settings, name: str) -> None:
 def heartbeats(settings: Settings) -> dict[str, float]:
     """{record name (`<principal>/<node>`): epoch seconds of its latest heartbeat} for every worker
     record of the stack."""
+    return {name: modified.timestamp() for name, modified in _listed(settings, PREFIX).items()}
+
+
+def _listed(settings: Settings, prefix: str) -> dict:
+    """{key without `prefix`: its LastModified} of every object under `prefix` in the output bucket."""
     pages = client("s3", settings).get_paginator("list_objects_v2").paginate(
-        Bucket=settings.output_bucket, Prefix=PREFIX)
-    return {obj["Key"][len(PREFIX):]: obj["LastModified"].timestamp()
-            for page in pages for obj in page.get("Contents", [])}
+        Bucket=settings.output_bucket, Prefix=prefix)
+    return {obj["Key"][len(prefix):]: obj["LastModified"] for page in pages for obj in page.get("Contents", [])}
 
 
 def verdicts(workers: list[Worker], beats: dict[str, float], now: float, *, join_timeout: float,

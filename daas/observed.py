@@ -78,11 +78,11 @@ class Observed:
             self.save()
         return FleetView(ready, tuple(starting), retiring)
 
-    def learn_rates(self, records: dict[str, list[dict]]) -> None:
+    def learn_rates(self, records: dict[str, dict[str, dict]]) -> None:
         """Learn the full tasks a second of one worker from its processes' heartbeat records
-        ({worker id: records}; each record counts `images` over `busy_s` seconds in tasks)."""
-        rates = [sum(r.get("images", 0) / r["busy_s"] for r in rs if r.get("busy_s", 0) >= MIN_BUSY_S)
-                 / self.images_per_task for rs in records.values()]
+        ({worker id: {record name: record}}; each counts `images` over `busy_s` seconds in tasks)."""
+        rates = [sum(r.get("images", 0) / r["busy_s"] for r in named.values() if r.get("busy_s", 0) >= MIN_BUSY_S)
+                 / self.images_per_task for named in records.values()]
         rates = [rate for rate in rates if rate > 0]
         if rates:
             with self.lock:

@@ -60,8 +60,10 @@ def put_json(settings: Settings, key: str, document: dict | list) -> None:
                                       Body=json.dumps(document).encode(), ContentType="application/json")
 
 
-def get_json(settings: Settings, key: str) -> dict | list | None:
-    s3 = client("s3", settings)
+def get_json(settings: Settings, key: str, s3=None) -> dict | list | None:
+    """A JSON document of the output bucket, None if there is none (with `s3`, a client of the
+    caller's choosing)."""
+    s3 = s3 or client("s3", settings)
     try:
         return json.loads(s3.get_object(Bucket=settings.output_bucket, Key=key)["Body"].read())
     except s3.exceptions.NoSuchKey:

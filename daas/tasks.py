@@ -278,7 +278,7 @@ def learn_worker_rates(cfg: config.Settings, live: set[str], workers, seen) -> d
         record = fleet.read(cfg, name) if worker_id is not None else None
         if record is not None:
             by_worker.setdefault(worker_id, {})[name] = record
-    seen.learn_rates({worker_id: list(named.values()) for worker_id, named in by_worker.items()})
+    seen.learn_rates(by_worker)
     return by_worker
 
 
