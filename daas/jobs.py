@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import math
 import re
@@ -109,22 +110,23 @@ def enqueue(settings: Settings, accepted: list, rejected: list = (), owner: str 
     """Store checked images as one job and enqueue them in chunks: (the job, {image id: the
     results key of its chunk} for the images enqueued, {image id: why not} for the others).
 
-    Each image is stored on its own: one that cannot be read or stored fails alone. `keep`, given
-    the images stored, returns those still wanted (the coalescer drops the requests that stopped
-    waiting). Every image of the manifest that is not enqueued gets an error result, so the job
-    finishes (issue 16: a send failing mid-loop had left jobs "running" for ever). `owner` (a hash
-    of the API key, see web.auth.owner) is recorded in the manifest: only that key reads the job.
-    `extra` goes into the manifest (a callback's URL). Raises Rejected (503) when the job itself
-    could not be stored: then nothing was enqueued."""
+    Each chunk is stored as one object (a pack, see daas.storage): an upload that can no longer be
+    read fails alone, a refused PUT fails its chunk. `keep`, given the images stored, returns those
+    still wanted (the coalescer drops the requests that stopped waiting). Every image of the
+    manifest that is not enqueued gets an error result, so the job finishes (issue 16: a send
+    failing mid-loop had left jobs "running" for ever). `owner` (a hash of the API key, see
+    web.auth.owner) is recorded in the manifest: only that key reads the job. `extra` goes into the
+    manifest (a callback's URL). Raises Rejected (503) when the job itself could not be stored:
+    then nothing was enqueued."""
     job_id = new_id()
     images = [image for image, _ in accepted] + [image for image, _ in rejected]
     stored, errors = _store(settings, {"job_id": job_id, "created": time.time(), "images": images,
                                        **({"owner": owner} if owner else {}), **(extra or {})}, accepted, rejected)
-    kept = keep(stored) if keep else stored
-    kept_ids = {image["id"] for image in kept}
+    everything = [image for pack in stored for image in pack.images]
+    kept_ids = {image["id"] for image in (keep(everything) if keep else everything)}
     errors.update({image["id"]: not_queued("its request had stopped waiting")
-                   for image in stored if image["id"] not in kept_ids})
-    keys, unsent = _send(settings, job_id, kept)
+                   for image in everything if image["id"] not in kept_ids})
+    keys, unsent = _send(settings, job_id, [pack.keeping(kept_ids) for pack in stored])
     errors.update(unsent)
     _record_errors(settings, job_id, [image for image, _ in accepted if image["id"] in errors], errors)
     if keys:
@@ -132,24 +134,54 @@ def enqueue(settings: Settings, accepted: list, rejected: list = (), owner: str 
     return {"job_id": job_id, "images": images}, keys, errors
 
 
-def _store(settings: Settings, manifest: dict, accepted: list, rejected: list) -> tuple[list[dict], dict[str, str]]:
-    """Write the manifest, the error results of `rejected` and each accepted image, in parallel:
-    (the images stored, {image id: why not} of the others: a closed or unreadable upload, a
-    refused PUT fails its own image only). Rejected (503) when the job itself could not be written."""
+@dataclass
+class Pack:
+    """A chunk of a job's images stored as one object (storage.pack_key of its first image), and
+    where each image lies in it: ([offset, size], in bytes)."""
+
+    first: str
+    images: list[dict]
+    spans: list[list[int]]
+
+    def keeping(self, ids: set[str]) -> "Pack":
+        """The same object, with only the images of `ids` (the others are not sent)."""
+        kept = [(image, span) for image, span in zip(self.images, self.spans) if image["id"] in ids]
+        return Pack(self.first, [image for image, _ in kept], [span for _, span in kept])
+
+    def message(self) -> list:
+        """How a task names it (daas.tasks.classify's `pack`)."""
+        return [self.first, self.spans]
+
+
+def _store(settings: Settings, manifest: dict, accepted: list, rejected: list) -> tuple[list[Pack], dict[str, str]]:
+    """Write the manifest, the error results of `rejected` and the accepted images, a pack per
+    chunk, in parallel: (the packs stored, {image id: why not} of the other images). Rejected (503)
+    when the job itself could not be written."""
     job_id = manifest["job_id"]
     job_writes = [_uploads.submit(storage.put_manifest, settings, manifest)]
     if rejected:
         job_writes.append(_uploads.submit(storage.put_results, settings, job_id,
                                           [results.error(job_id, i["id"], i["name"], str(e)) for i, e in rejected]))
-    image_writes = [(image, _uploads.submit(storage.put_image, settings, storage.image_key(job_id, image["id"]),
-                                            data, image["name"])) for image, data in accepted]
-    stored, errors = [], {}
-    for image, write in image_writes:
+    readable, errors = [], {}
+    for image, data in accepted:
+        try:
+            readable.append((image, data, storage.size_of(data)))
+        except (OSError, ValueError) as exc:  # a closed or vanished upload fails alone, before any PUT
+            errors[image["id"]] = not_queued(f"storing it failed: {exc}")
+    writes = []
+    for chunk in chunks(readable, settings.images_per_task):
+        sizes = [size for _, _, size in chunk]
+        pack = Pack(chunk[0][0]["id"], [image for image, _, _ in chunk],
+                    [[start, size] for start, size in zip(itertools.accumulate(sizes, initial=0), sizes)])
+        writes.append((pack, _uploads.submit(storage.put_pack, settings, storage.pack_key(job_id, pack.first),
+                                             [data for _, data, _ in chunk], sizes)))
+    stored = []
+    for pack, write in writes:
         try:
             write.result()
-            stored.append(image)
+            stored.append(pack)
         except Exception as exc:
-            errors[image["id"]] = not_queued(f"storing it failed: {exc}")
+            errors.update({image["id"]: not_queued(f"storing it failed: {exc}") for image in pack.images})
     try:
         for write in job_writes:
             write.result()
@@ -158,24 +190,25 @@ def _store(settings: Settings, manifest: dict, accepted: list, rejected: list) -
     return stored, errors
 
 
-def _send(settings: Settings, job_id: str, images: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
-    """Send the stored images in chunks: ({image id: results key} of the chunks sent, {image id:
-    why not} of the others). The first refusal ends the loop: a broker that is down would have a
-    request wait for each chunk's retries in turn."""
+def _send(settings: Settings, job_id: str, packs: list[Pack]) -> tuple[dict[str, str], dict[str, str]]:
+    """Send a task per stored pack (its images still wanted): ({image id: results key} of the tasks
+    sent, {image id: why not} of the others). The first refusal ends the loop: a broker that is down
+    would have a request wait for each task's retries in turn."""
     from daas.tasks import classify
 
-    keys, pending, sent = {}, chunks([[image["id"], image["name"]] for image in images], settings.images_per_task), 0
+    keys, pending, sent = {}, [pack for pack in packs if pack.images], 0
     try:
         reply_to = replies.for_settings(settings).queue_url()  # the worker sends the results back here too
-        for chunk in pending:  # only once its images are stored
-            classify.apply_async((job_id, chunk), {"reply_to": reply_to, "sent_at": round(time.time(), 3)},
-                                 queue=settings.queue)
+        for pack in pending:  # only once its images are stored
+            chunk = [[image["id"], image["name"]] for image in pack.images]
+            classify.apply_async((job_id, chunk), {"reply_to": reply_to, "sent_at": round(time.time(), 3),
+                                                   "pack": pack.message()}, queue=settings.queue)
             keys.update(dict.fromkeys((image_id for image_id, _ in chunk), storage.results_key(job_id, chunk[0][0])))
             sent += 1
     except Exception as exc:
         log.warning("job %s: %d of %d tasks sent, then: %r", job_id, sent, len(pending), exc)
         reason = not_queued(f"the queue refused it: {exc}")
-        return keys, {image_id: reason for chunk in pending[sent:] for image_id, _ in chunk}
+        return keys, {image["id"]: reason for pack in pending[sent:] for image in pack.images}
     return keys, {}
 
 
@@ -195,8 +228,8 @@ def _record_errors(settings: Settings, job_id: str, images: list[dict], errors: 
 def chunks(items: list, most: int) -> list[list]:
     """`items` in as few consecutive chunks of at most `most` as possible, of near-equal sizes.
 
-    One task per chunk: each queue message (send, receive, delete, task events) and each result
-    object then serves several images, which cuts the per-image cost of the worker, of the queue
+    One task per chunk: each queue message (send, receive, delete, task events), input object
+    (a pack) and result object then serves several images, which cuts the per-image cost of the worker, of the queue
     and of the endpoint behind it (see README, Performance).
     """
     count = math.ceil(len(items) / max(most, 1))

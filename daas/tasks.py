@@ -27,8 +27,11 @@ def settings() -> config.Settings:
 # moves it to the dead-letter queue, where the reaper stores error results for its images. Nothing
 # is acknowledged into silence, and no error result is written while storage may be down.
 @app.task(name="daas.classify", acks_on_failure_or_timeout=False)
-def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None, sent_at: float | None = None) -> int:
-    """Classify a chunk of a job's images ([image_id, name] pairs, see daas.jobs.chunks), store
+def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None, sent_at: float | None = None,
+             pack: list | None = None) -> int:
+    """Classify a chunk of a job's images ([image_id, name] pairs, see daas.jobs.chunks), read from
+    the input bucket's object `pack` names ([its first image id, [offset, size] of each image], see
+    daas.jobs.Pack; without it, from one object per image, as releases before stored them), store
     their results in one object, and send them to the web process that enqueued the chunk
     (`reply_to`, see daas.replies). Each result's timings include the chunk's wait in the queue
     (from `sent_at`, the web host's clock; EC2 hosts keep theirs in step with NTP); the reply
@@ -37,11 +40,11 @@ def classify(job_id: str, chunk: list[list[str]], reply_to: str | None = None, s
     from daas.pipeline import classify_chunk  # torch is imported by workers only
 
     started = time.time()
-    problem = invalid_task(settings(), job_id, chunk, reply_to, sent_at)
+    problem = invalid_task(settings(), job_id, chunk, reply_to, sent_at, pack)
     if problem:  # acknowledged and dropped: running it would write where it says, retrying changes nothing
         log.warning("dropping a daas.classify task with invalid arguments (not run): %s", problem)
         return 0
-    documents = classify_chunk(settings(), job_id, chunk)
+    documents = classify_chunk(settings(), job_id, chunk, pack=pack)
     if sent_at is not None:
         for document in documents:
             if "timings_ms" in document:
@@ -98,7 +101,7 @@ def batch_tick() -> dict:
 
 
 def invalid_task(cfg: config.Settings, job_id: object, chunk: object, reply_to: object = None,
-                 sent_at: object = None) -> str | None:
+                 sent_at: object = None, pack: object = None) -> str | None:
     """Why a daas.classify task's arguments must not be run (None: they may). A task can come from
     anyone who can send to the queue or reach Flower's API (which runs any task): the ids become
     keys in both buckets (`jobs` or `workers` as a job id would overwrite manifests or heartbeat
@@ -114,9 +117,20 @@ def invalid_task(cfg: config.Settings, job_id: object, chunk: object, reply_to: 
             return f"{str(image)[:120]} is not an [image id, name] pair"
     if sent_at is not None and (not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool)):
         return "sent_at must be a time in seconds"
+    if pack is not None and not _is_pack(pack, len(chunk)):
+        return f"{str(pack)[:120]} is not [a first image id, [offset, size] of each image]"
     if reply_to is not None and not replies.is_reply_queue(cfg, reply_to):
         return f"{str(reply_to)[:200]!r} is not a reply queue of stack {cfg.stack}"
     return None
+
+
+def _is_pack(pack: object, images: int) -> bool:
+    def is_count(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    return (isinstance(pack, list) and len(pack) == 2 and storage.is_id(pack[0]) and isinstance(pack[1], list)
+            and len(pack[1]) == images
+            and all(isinstance(span, list) and len(span) == 2 and all(map(is_count, span)) for span in pack[1]))
 
 
 def record_failure(cfg: config.Settings, job_id: str, chunk: list[list[str]], message: str) -> int:

@@ -25,3 +25,36 @@ def test_a_request_is_split_into_as_few_near_equal_chunks_as_the_limit_allows():
     assert sizes == {1: [1], 4: [4], 5: [3, 2], 9: [3, 3, 3], 10: [4, 3, 3]}
     assert [x for chunk in chunks(list(range(10)), 4) for x in chunk] == list(range(10))
     assert chunks([], 4) == [] and chunks(["a", "b"], 1) == [["a"], ["b"]]
+
+
+def test_uploads_joined_read_as_one_file_with_seeks_and_none_copied_whole(tmp_path):
+    """The body of a pack's PUT: parts in memory and in files, read in pieces, sought back and
+    read again as botocore does (checksum, then send)."""
+    import io
+    import tempfile
+
+    from daas.storage import Joined, size_of
+
+    spooled = tempfile.SpooledTemporaryFile(max_size=4)  # rolled over to disk: a large upload
+    spooled.write(b"0123456789")
+    parts = [b"abc", spooled, io.BytesIO(b"XYZW"), b"!"]
+    sizes = [size_of(part) for part in parts]
+    assert sizes == [3, 10, 4, 1]
+    joined = Joined(parts, sizes)
+    assert joined.read() == b"abc0123456789XYZW!" and joined.read() == b""
+    assert joined.seek(0, io.SEEK_END) == 18 and joined.tell() == 18
+    joined.seek(2)
+    assert [joined.read(4), joined.read(100)] == [b"c012", b"3456789XYZW!"]
+    joined.seek(-3, io.SEEK_END)
+    assert joined.read(2) == b"ZW" and joined.read() == b"!"
+
+
+def test_an_upload_that_shrank_after_it_was_measured_fails_its_pack():
+    import io
+
+    import pytest
+
+    from daas.storage import Joined
+
+    with pytest.raises(OSError, match="changed while being stored"):
+        Joined([io.BytesIO(b"abc")], [5]).read()

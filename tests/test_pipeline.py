@@ -44,16 +44,16 @@ def test_real_photos_are_labelled_and_stored_in_both_buckets(service):
         assert len(image["top5"]) == 5 and image["top5"][0][0] == image["label"]
         assert set(image["timings_ms"]) == {"queue", "fetch", "decode", "forward"}
 
-    # One object per image in the input bucket, keyed by a generated id, never the file name; the
-    # three images went as one task, whose results are one list under the first image's key.
+    # The three images went as one task: one object in the input bucket (the photos one after
+    # another, keyed by generated ids, never the file names), its results one list in the output
+    # bucket, both under the first image's id.
     cfg = service.settings
     inputs = objects(service, cfg.input_bucket, job["job_id"] + "/")
     # Results under results/: the only prefix besides their heartbeats that workers may write.
     outputs = objects(service, cfg.output_bucket, f"results/{job['job_id']}/")
-    assert set(inputs) == {f"{job['job_id']}/{image['id']}" for image in job["images"]}
+    assert set(inputs) == {f"{job['job_id']}/{job['images'][0]['id']}.pack"}
     assert set(outputs) == {f"results/{job['job_id']}/{job['images'][0]['id']}"}
-    by_name = {image["name"]: image for image in job["images"]}
-    assert inputs[f"{job['job_id']}/{by_name['coffee.png']['id']}"] == skimage_photo("coffee.png")
+    assert inputs.popitem()[1] == b"".join(skimage_photo(name) for name in PHOTOS)
     stored = json.loads(outputs[f"results/{job['job_id']}/{job['images'][0]['id']}"])
     assert [result["id"] for result in stored] == [image["id"] for image in job["images"]]
     coffee = stored[list(PHOTOS).index("coffee.png")]
@@ -124,8 +124,8 @@ def test_path_like_file_names_never_become_keys(service):
     assert [image["name"] for image in job["images"]] == ["x.png", "passwd"]
     service.wait_job(job["job_id"])
     keys = set(objects(service, service.settings.input_bucket, ""))
-    assert {f"{job['job_id']}/{image['id']}" for image in job["images"]} <= keys
-    assert not any(".." in key or "x.png" in key for key in keys)
+    assert f"{job['job_id']}/{job['images'][0]['id']}.pack" in keys
+    assert not any(".." in key or "x.png" in key or "passwd" in key for key in keys)
 
 
 @pytest.fixture(scope="module")
@@ -180,13 +180,18 @@ def test_a_batched_forward_pass_labels_each_image_and_reports_bad_ones(no_worker
     photos = [("coffee.png", skimage_photo("coffee.png")), ("cut.jpg", jpeg((400, 400))[:1500]),
               ("camera.png", skimage_photo("camera.png"))]
     group = [[f"img{i}", name] for i, (name, _) in enumerate(photos)]
-    for (image_id, name), (_, data) in zip(group, photos):
-        storage.put_image(cfg, storage.image_key("batchjob", image_id), data, name)
-    documents = pipeline.classify_chunk(cfg, "batchjob", group, batch=3)
+    sizes = [len(data) for _, data in photos]
+    storage.put_pack(cfg, storage.pack_key("batchjob", "img0"), [data for _, data in photos], sizes)
+    spans = [[sum(sizes[:i]), size] for i, size in enumerate(sizes)]
+    documents = pipeline.classify_chunk(cfg, "batchjob", group, batch=3, pack=["img0", spans])
     assert [d["id"] for d in documents] == ["img0", "img1", "img2"]
     assert [d["label"] for d in documents] == ["espresso", None, "tripod"]
     assert "truncated" in documents[1]["error"]
     assert set(documents[0]["timings_ms"]) == {"fetch", "decode", "forward"}
+    # A message of a release before packs names no pack: each image is read from its own object.
+    for (image_id, _), (_, data) in zip(group, photos):
+        aws.client("s3", cfg).put_object(Bucket=cfg.input_bucket, Key=storage.image_key("batchjob", image_id), Body=data)
+    assert [d["label"] for d in pipeline.classify_chunk(cfg, "batchjob", group)] == ["espresso", None, "tripod"]
 
 
 # -- an upload gone from the input bucket (issue 16) -------------------------------------------------
@@ -208,16 +213,15 @@ def test_a_403_means_an_image_is_gone_only_beside_images_that_were_fetched(codes
     assert gone_images(codes) == gone
 
 
-def test_an_upload_gone_from_the_input_bucket_fails_alone_whether_s3_says_404_or_403(local_aws, tmp_path):
-    """Three chunks wait in the queue before the worker starts. The stack reaches the endpoint through
-    a proxy (tests/aws_proxy.py) that answers as S3 does where moto cannot: moto answers a missing key
-    with 404 to anyone, S3 with 403 AccessDenied to a caller without s3:ListBucket on the bucket.
+def test_a_pack_gone_from_the_input_bucket_fails_its_images_alone_and_a_refused_one_is_retried(local_aws, tmp_path):
+    """Two jobs wait in the queue before the worker starts. The stack reaches the endpoint through
+    a proxy (tests/aws_proxy.py) that answers as S3 does where moto cannot.
 
-    - ten images, one deleted, S3 says 404 (the worker may list the bucket): nine labels, one error;
-    - the same where S3 says 403 (it may not): the same, at the first delivery (issue 16: the chunk
-      failed three times, and the reaper wrote "storage unavailable" errors for all ten);
-    - two images, both refused with 403 (a real permission problem): the chunk fails, SQS delivers it
-      again until it is dead-lettered, and no image of it gets an error written by the worker."""
+    - twenty images, two tasks, one task's pack deleted (expired), S3 says 404 (the worker may list
+      the bucket): ten labels and ten errors that say what to do, at the first delivery;
+    - two images whose GET S3 refuses with 403 (a real permission problem; without s3:ListBucket,
+      also a gone key, which one object per chunk cannot tell apart): the chunk fails, SQS delivers
+      it again until it is dead-lettered, and no image of it gets an error written by the worker."""
     from daas.stack import Stack
     from tests.aws_proxy import AwsProxy, Rule
     from tests.conftest import Service, make_settings, wait_for
@@ -228,25 +232,20 @@ def test_an_upload_gone_from_the_input_bucket_fails_alone_whether_s3_says_404_or
         with Stack(settings, log_dir=tmp_path / "logs") as stack:
             service = Service(stack, stack.start_web())
             photo = skimage_photo("coffee.png")
-            not_found = service.submit([(f"{i}.png", photo) for i in range(10)]).json()
-            denied = service.submit([(f"{i}.png", photo) for i in range(10)]).json()
+            not_found = service.submit([(f"{i}.png", photo) for i in range(20)]).json()
             refused = service.submit([("a.png", photo), ("b.png", photo)]).json()
-            s3 = aws.client("s3", settings)
-            for job in (not_found, denied):
-                s3.delete_object(Bucket=settings.input_bucket,
-                                 Key=storage.image_key(job["job_id"], job["images"][3]["id"]))
-            proxy.add(Rule("GET", f"/{settings.input_bucket}/{denied['job_id']}/", deny="missing"))
+            aws.client("s3", settings).delete_object(
+                Bucket=settings.input_bucket, Key=storage.pack_key(not_found["job_id"], not_found["images"][10]["id"]))
             proxy.add(Rule("GET", f"/{settings.input_bucket}/{refused['job_id']}/", deny="all"))
             stack.start_worker()
 
-            for job in (not_found, denied):
-                images = service.wait_job(job["job_id"])["images"]
-                assert [image["label"] for image in images[:3] + images[4:]] == ["espresso"] * 9
-                assert images[3]["status"] == "error" and images[3]["error"] == (
-                    "the uploaded image is no longer in the input bucket; please upload it again")
+            images = service.wait_job(not_found["job_id"])["images"]
+            assert [image["label"] for image in images[:10]] == ["espresso"] * 10
+            assert {(image["status"], image["error"]) for image in images[10:]} == {
+                ("error", "the uploaded image is no longer in the input bucket; please upload it again")}
             wait_for(lambda: dead_letters(settings) == 1, 60, "the refused chunk in the dead-letter queue")
             status = service.http.get(f"{service.url}/api/jobs/{refused['job_id']}").json()
             assert [image["status"] for image in status["images"]] == ["queued", "queued"]
-            # Each gone image's chunk succeeded at its first delivery; the refused one was tried 3 times.
+            # Both tasks of the first job succeeded at their first delivery; the refused one was tried 3 times.
             assert len(task_lines(tmp_path / "logs", "succeeded")) == 2
             assert len(task_lines(tmp_path / "logs", "received")) == 2 + settings.max_receives

@@ -29,6 +29,23 @@ def test_task_arguments_that_are_not_generated_ids_are_refused(job_id, chunk, wh
     assert why in tasks.invalid_task(settings, job_id, chunk)
 
 
+@pytest.mark.parametrize("pack, fine", [
+    ([GOOD, [[0, 10], [10, 5]]], True),
+    (["workers", [[0, 10], [10, 5]]], False),       # its key would be outside the job's images
+    ([GOOD, [[0, 10]]], False),                     # a span for each image of the chunk
+    ([GOOD, [[0, 10], [-1, 5]]], False),
+    ([GOOD, [[0, 10], [10, True]]], False),
+    ([GOOD, [[0, 10], [10, 5, 1]]], False),
+    ([GOOD], False),
+    ("pack", False),
+])
+def test_a_pack_must_name_a_generated_id_and_a_span_per_image(pack, fine, local_aws, tmp_path):
+    settings = make_settings(local_aws, tmp_path)
+    problem = tasks.invalid_task(settings, GOOD, [[GOOD, "a.png"], [uuid.uuid4().hex, "b.png"]], pack=pack)
+    assert (problem is None) == fine, problem
+    assert fine or "offset, size" in problem
+
+
 def test_a_reply_queue_must_be_one_of_the_stacks_own(local_aws, tmp_path):
     settings = make_settings(local_aws, tmp_path)
     box = replies.Replies(settings)
