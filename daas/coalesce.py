@@ -16,8 +16,11 @@ requests waiting, so at most DAAS_WEB_THREADS per process.
 
 A request that stops waiting (after DAAS_RESULT_TIMEOUT) is abandoned, and its image never
 committed: Flask closes its upload when the request ends (issue 16: committing it failed the whole
-group). Each image is stored on its own (daas.jobs.enqueue): one that cannot be read or stored
-fails its own request, not its group-mates.
+group). An upload that can no longer be read fails its own request, before anything is stored
+(daas.jobs.enqueue). The images of a task are stored as one object, so a PUT that fails fails the
+requests whose images share it: one S3 refused, or one whose request was abandoned while it was
+being sent (its upload closed under it, after DAAS_RESULT_TIMEOUT of a PUT): they answer 503,
+"upload it again", and nothing of theirs is sent.
 """
 from __future__ import annotations
 

@@ -65,11 +65,11 @@ def classify_chunk(cfg: config.Settings, job_id: str, chunk: list[list[str]], ba
     """The result document of each image of a chunk ([image_id, name] pairs), in order, read from
     the object `pack` names (see daas.tasks.classify) or, without it, from one object per image.
 
-    The chunk's images are fetched first (one GET for a pack; else back to back), then decoded and classified `batch` at a
-    time: by default one at a time on CPU (measured: batch 1 is the fastest per image there), and
-    the whole chunk in one forward pass on a GPU, where batching pays. Back to back, an S3 GET cost
-    a worker 2.1 ms of CPU, against 2.4-2.5 ms between two forward passes (botocore's code stays in
-    the CPU's caches).
+    The chunk's images are fetched first (one GET for a pack; else back to back: an S3 GET cost a
+    worker 2.1 ms of CPU so, against 2.4-2.5 ms between two forward passes, botocore's code staying
+    in the CPU's caches), then decoded and classified `batch` at a time: by default one at a time
+    on CPU (measured: batch 1 is the fastest per image there), and the whole chunk in one forward
+    pass on a GPU, where batching pays.
     """
     fetched = fetch_pack(cfg, job_id, pack) if pack else fetch_chunk(cfg, job_id, chunk)
     batch = batch or (len(chunk) if classifier().device == "cuda" else 1)

@@ -36,6 +36,7 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
                  *modes["colocated"].values()):  # the median of the runs
         assert len(mode["images_per_s_runs"]) == 3
         assert mode["images_per_s"] == sorted(mode["images_per_s_runs"])[1]
+        assert mode["cores_cpu_ms_per_image"] > 0  # the model alone costs CPU on the cores it ran on
     front, workers = written["settings"]["front_cores"], written["settings"]["worker_cores"]
     assert workers and front and (set(front).isdisjoint(workers) or front == workers)
     for latency in (modes["raw"]["single"]["latency_ms"], modes["single"]["latency_ms"],
@@ -70,6 +71,7 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = bench.format_report(written)
     assert "service / baseline" in table and "met" in table and "colocated" in table
+    assert "CPU of the worker cores per image" in table
 
 
 def test_on_cores_pins_the_processes_started_inside():

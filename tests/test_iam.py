@@ -248,13 +248,15 @@ def audit(tmp_path_factory):
         good = requests.post(f"{url}/api/jobs", files=[("images", ("coffee.png", photo))], timeout=30).json()
         lost = requests.post(f"{url}/api/jobs", files=[("images", ("lost.png", photo))], timeout=30).json()
         aws.client("s3", admin).delete_object(Bucket=stack.settings.input_bucket,
-                                              Key=f"{lost['job_id']}/{lost['images'][0]['id']}")
+                                              Key=f"{lost['job_id']}/{lost['images'][0]['id']}.pack")
         stack.spawn("worker", [sys.executable, "-m", "daas", "worker", "--processes", "1"], env["worker"])
         deadline = time.monotonic() + 120
         for job in (good, lost):
             while requests.get(f"{url}/api/jobs/{job['job_id']}", timeout=30).json()["status"] != "done":
                 assert time.monotonic() < deadline, "the audit jobs did not finish"
                 time.sleep(0.2)
+        lost_image = requests.get(f"{url}/api/jobs/{lost['job_id']}", timeout=30).json()["images"][0]
+        assert lost_image["status"] == "error" and "no longer in the input bucket" in lost_image["error"]
         batch = requests.post(f"{url}/api/batches", json={"source": f"s3://{photos}/day/"}, timeout=30).json()
         while requests.get(f"{url}/api/batches/{batch['batch_id']}", timeout=30).json()["status"] != "done":
             assert time.monotonic() < deadline, "the audit batch did not finish"

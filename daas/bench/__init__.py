@@ -201,6 +201,17 @@ def on_cores(cores: set[int]) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+def cores_cpu_s(cores: set[int]) -> float:
+    """CPU seconds the machine has spent on `cores` so far, in every process and the kernel (Linux's
+    /proc/stat: all but idle and iowait)."""
+    ticks = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            ticks += sum(map(int, fields)) - int(fields[3]) - int(fields[4])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def machine(settings: config.Settings) -> dict:
     cpu = platform.processor()
     try:
@@ -556,7 +567,11 @@ def raw_and_service(base: config.Settings, tmp: Path, name: str, files: list[Fil
             print(f"{name}: round {round_} of {rounds}: {', '.join(f'{k} ({r})' for k, r in order)}, "
                   f"{count} images each…", flush=True)
             for kind, runtime in order:
+                cpu = cores_cpu_s(cores)
                 run = raw_run(pools[runtime], files, count) if kind == "raw" else service_run(urls[runtime], files, count)
+                # Split, the worker cores run nothing else: their CPU per image is the workers' (or raw's)
+                # own cost. Colocated, it is everything's, the endpoint and web tier included.
+                run["cores_cpu_ms_per_image"] = round((cores_cpu_s(cores) - cpu) * 1000 / count, 2)
                 runs[(kind, runtime)].append(run)
         raws = {runtime: {"processes": workers, "runtime": runtime, **median_run(runs[("raw", runtime)])}
                 for runtime in raw_runtimes}
@@ -832,6 +847,8 @@ def format_report(report: dict) -> str:
         _row(f"cold: {cold['images']} images from zero workers", f"{cold['images_per_s']:.2f}", "", "",
              f"  ({cold['seconds']:.1f} s, first label {cold['first_label_s']:.1f} s)"),
         f"service stages, mean ms per image: {stages}",
+        f"CPU of the worker cores per image (median run): raw {raw['cores_cpu_ms_per_image']:.2f} ms, "
+        f"service {service['cores_cpu_ms_per_image']:.2f} ms",
         "stages in one process, mean ms per image: " + ", ".join(f"{k} {v:g}" for k, v in modes["stages"].items()),
         "worker start (load the model, label one image; median): " + ", ".join(
             f"{name} {b['seconds']:.2f} s, {b['resting_rss_mb']} MB{' (imports torch)' if b['torch_imported'] else ''}"
