@@ -11,12 +11,15 @@ from tests.conftest import Service, make_settings, skimage_photo, wait_for
 
 
 def test_images_held_by_a_killed_worker_come_back(local_aws, tmp_path):
-    settings = make_settings(local_aws, tmp_path, visibility_timeout=5, prefetch_multiplier=4)
+    # 20 tasks of 2 images: when the first results show, the worker still has about a second of work
+    # in hand (with 2 tasks of 8, a worker reading each task's images in one GET could finish the
+    # second between two polls, and hold nothing when killed).
+    settings = make_settings(local_aws, tmp_path, visibility_timeout=5, prefetch_multiplier=4, images_per_task=2)
     with Stack(settings, log_dir=tmp_path / "logs") as stack:
         service = Service(stack, stack.start_web())
         doomed = stack.start_worker("doomed")
         photo = skimage_photo("coffee.png")
-        job = service.submit([(f"{i}.png", photo) for i in range(16)]).json()
+        job = service.submit([(f"{i}.png", photo) for i in range(40)]).json()
 
         # Kill the worker (SIGKILL: no warm shutdown, no acks) while it holds messages.
         deadline = time.monotonic() + 60
@@ -32,7 +35,7 @@ def test_images_held_by_a_killed_worker_come_back(local_aws, tmp_path):
 
         stack.start_worker("rescuer")
         done = service.wait_job(job["job_id"], timeout=120)
-        assert [image["label"] for image in done["images"]] == ["espresso"] * 16
+        assert [image["label"] for image in done["images"]] == ["espresso"] * 40
 
 
 def big_png() -> bytes:
