@@ -228,9 +228,9 @@ def _record_errors(settings: Settings, job_id: str, images: list[dict], errors: 
 def chunks(items: list, most: int) -> list[list]:
     """`items` in as few consecutive chunks of at most `most` as possible, of near-equal sizes.
 
-    One task per chunk: each queue message (send, receive, delete, task events), input object
-    (a pack) and result object then serves several images, which cuts the per-image cost of the worker, of the queue
-    and of the endpoint behind it (see README, Performance).
+    One task per chunk: each queue message (send, receive, delete, task events), input object (a
+    pack) and result object then serves several images, which cuts the per-image cost of the
+    worker, of the queue and of the endpoint behind it (see README, Performance).
     """
     count = math.ceil(len(items) / max(most, 1))
     size, extra = divmod(len(items), count) if count else (0, 0)

@@ -6,8 +6,8 @@ task's message says where each image lies in it. One object per task, not per im
 GET cost about 1 ms of CPU, a tenth of an image's time on OpenVINO, and a chunk's ten images came
 back in one GET for about 2 ms; S3 bills the web tier's PUTs per request too (see README,
 Performance). (Releases before packed nothing: their messages name no object, and each image is
-read from `<job_id>/<image_id>`.) The output bucket holds the results of each task (a chunk of a job's images)
-as one JSON list of result documents at `<job_id>/<first image_id of the chunk>`, so a single
+read from `<job_id>/<image_id>`.) The output bucket holds the results of each task as one JSON
+list of result documents at `<job_id>/<first image_id of the chunk>`, so a single
 image's result is at its own image key; and the job's manifest (its image ids and file names) at
 `jobs/<job_id>.json`. One object per task, not per image: an S3 PUT cost a worker about 2 ms of CPU,
 6% of an image's time (see README, Performance). The output bucket is the service's result store;
