@@ -8,13 +8,11 @@ import pytest
 import torch
 
 from daas import bench, config, images, runtimes
-from daas.bench import build_images
+from daas.bench import SAMPLE_PHOTOS, build_images
 from daas.classifier import Classifier, imagenet_labels
 from daas.runtimes import export
 from tests.conftest import skimage_photo
 
-SAMPLE_PHOTOS = ("coffee.png", "chelsea.png", "camera.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png",
-                 "hubble_deep_field.jpg", "horse.png", "ihc.png", "coins.png", "moon.png", "page.png")
 F32 = [("onnxruntime", "f32"), ("openvino", "f32")]
 
 

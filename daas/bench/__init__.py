@@ -111,6 +111,10 @@ IMAGE_SPECS: list[tuple[str, str, int | None]] = [
     ("no_time_for_that_tiny.gif", "GIF", None),  # animated, 14×25
     ("coffee.png", "JPEG", 160),
 ]
+# scikit-image's own photos, as shipped: with the images above, what the runtimes must agree on
+# (tests/test_runtimes.py, and on a GPU `bench gpu`)
+SAMPLE_PHOTOS = ("coffee.png", "chelsea.png", "camera.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png",
+                 "hubble_deep_field.jpg", "horse.png", "ihc.png", "coins.png", "moon.png", "page.png")
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
 
@@ -220,10 +224,16 @@ def machine(settings: config.Settings) -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": metadata.version("torch"), "inference_threads": settings.inference_threads,
-            "celery": metadata.version("celery"), "kombu": metadata.version("kombu"),
-            "moto": metadata.version("moto"), "openvino": metadata.version("openvino"),
-            "onnxruntime": metadata.version("onnxruntime"), "load_average_at_start": os.getloadavg()}
+            "inference_threads": settings.inference_threads, "load_average_at_start": os.getloadavg(),
+            **{package: _version(package) for package in ("torch", "celery", "kombu", "moto", "openvino", "onnxruntime")}}
+
+
+def _version(package: str) -> str | None:
+    """The installed version, or None (a lent GPU machine runs `bench gpu` with its own torch only)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 @contextmanager
@@ -983,6 +993,13 @@ def main(args) -> int:
         report = batch.run(out)
         print(batch.format_report(report))
         print(f"\nwrote {out / 'batch.json'}")
+        return 0
+    if args.which == "gpu":
+        from daas.bench import gpu
+
+        report = gpu.run(out)
+        print(gpu.format_report(report))
+        print(f"\nwrote {out / 'gpu.json'}")
         return 0
     if args.which == "simulate":
         from daas.bench import simulate
