@@ -18,6 +18,10 @@ PROCESSES_PER_CORE per vCPU), each started as `python -m daas worker --processes
 Why 4 per core: the bench's solo workers wait on S3 and SQS for part of each task; 3 and 4 per core
 were fastest and within the noise of each other (README, Performance: workers per core), and a
 process costs about 160 MB at rest on OpenVINO (a c7i.large, 2 vCPUs and 4 GiB, runs 8).
+Why 1 per core where the model runs on a GPU: there a process is bound by decoding on its core
+(`python -m daas bench gpu` on an H200 with 16 cores: 75-100 images/s a process, rising in step
+from 1 to 15 processes with the GPU a tenth busy), and each holds torch (579 MB resident measured
+on CPU) and a CUDA context: four times as many would add memory, not images.
 """
 from __future__ import annotations
 
@@ -29,17 +33,19 @@ import subprocess
 import sys
 import time
 
-from daas import config
+from daas import config, runtimes
 from daas.watchdog import notify
 
 log = logging.getLogger(__name__)
 PROCESSES_PER_CORE = 4
+PROCESSES_PER_CORE_ON_GPU = 1
 RESTARTS, RESTART_WINDOW = 5, 600.0  # as the unit's StartLimitBurst / StartLimitIntervalSec
 
 
 def processes(cfg: config.Settings) -> int:
     """How many consuming processes this machine runs."""
-    return cfg.worker_processes or PROCESSES_PER_CORE * (os.cpu_count() or 1)
+    per_core = PROCESSES_PER_CORE_ON_GPU if runtimes.resolve(cfg)[1] == "cuda" else PROCESSES_PER_CORE
+    return cfg.worker_processes or per_core * (os.cpu_count() or 1)
 
 
 class Instance:

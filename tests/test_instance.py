@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from daas import config, fleet, jobs
-from daas.instance import PROCESSES_PER_CORE, processes
+from daas.instance import PROCESSES_PER_CORE, PROCESSES_PER_CORE_ON_GPU, processes
 from tests.conftest import make_settings, send_from_this_process, skimage_photo, wait_for
 
 
@@ -17,9 +17,11 @@ def _pids(settings: config.Settings) -> set[int]:
     return {parsed[0] for name in fleet.heartbeats(settings) if (parsed := fleet.parse_node(name))}
 
 
-def test_processes_default_to_four_a_core():
+def test_processes_default_to_four_a_core_and_one_a_core_on_a_gpu():
     assert processes(config.Settings(worker_processes=3)) == 3
-    assert processes(config.Settings()) == PROCESSES_PER_CORE * os.cpu_count()
+    assert processes(config.Settings(device="cpu")) == PROCESSES_PER_CORE * os.cpu_count() == 4 * os.cpu_count()
+    assert processes(config.Settings(device="cuda")) == PROCESSES_PER_CORE_ON_GPU * os.cpu_count() == os.cpu_count()
+    assert processes(config.Settings(device="cuda", worker_processes=3)) == 3
 
 
 def test_an_instance_keeps_its_processes_and_powers_off_once_when_all_have_retired(local_aws, tmp_path):
