@@ -15,7 +15,7 @@ from __future__ import annotations
 import secrets
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -216,6 +216,8 @@ def deploy(settings: Settings, options: Options, out: Out = print) -> dict[str, 
     """Create or update the stack; return its outputs. Raises DeployError with the reason of the
     first resource that failed."""
     notes: list[str] = []
+    # The AMI is looked up once: problems() then checks that exact image, and the template gets it.
+    options = replace(options, ami=options.ami or newest_worker_ami(settings) or "")
     found = problems(settings, options, notes)
     for note in notes:
         out(f"note: {note}")

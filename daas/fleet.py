@@ -24,7 +24,6 @@ worker's pidbox queue, and the worker died of it).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -63,8 +62,7 @@ def record_name(settings: Settings, node: str) -> str:
 def beat(settings: Settings, node: str, record: dict, s3=None) -> None:
     """Write a worker's heartbeat record (with `s3`, a client of the caller's choosing: a worker's
     gives up within a round, see daas.aws.duty_client)."""
-    (s3 or client("s3", settings)).put_object(Bucket=settings.output_bucket, Key=PREFIX + record_name(settings, node),
-                                              Body=json.dumps(record).encode(), ContentType="application/json")
+    storage.put_json(settings, PREFIX + record_name(settings, node), record, s3)
 
 
 def read(settings: Settings, name: str) -> dict | None:

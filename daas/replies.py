@@ -30,7 +30,7 @@ from collections import OrderedDict
 from urllib.parse import urlsplit
 
 from daas import leases
-from daas.aws import client
+from daas.aws import account_id, client
 from daas.config import Settings
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,7 @@ def is_reply_queue(settings: Settings, url: object) -> bool:
         return False
     account, _, name = urlsplit(url).path.strip("/").partition("/")
     return bool(re.fullmatch(rf"{re.escape(settings.stack)}-replies-[0-9a-f]{{32}}", name)) and \
-        account == _account(settings)
-
-
-@functools.cache
-def _account(settings: Settings) -> str:
-    """The account part of the stack's queue URLs (`<endpoint>/<account>/<queue>`)."""
-    url = client("sqs", settings).get_queue_url(QueueName=settings.queue)["QueueUrl"]
-    return urlsplit(url).path.strip("/").partition("/")[0]
+        account == account_id(settings)
 
 
 def reply_message(key: str, results: list[dict], store_ms: float | None = None) -> str:

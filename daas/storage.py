@@ -114,9 +114,10 @@ def get_image(settings: Settings, key: str) -> bytes:
     return client("s3", settings).get_object(Bucket=settings.input_bucket, Key=key)["Body"].read()
 
 
-def put_json(settings: Settings, key: str, document: dict | list) -> None:
-    client("s3", settings).put_object(Bucket=settings.output_bucket, Key=key,
-                                      Body=json.dumps(document).encode(), ContentType="application/json")
+def put_json(settings: Settings, key: str, document: dict | list, s3=None) -> None:
+    """Write a JSON document to the output bucket (with `s3`, a client of the caller's choosing)."""
+    (s3 or client("s3", settings)).put_object(Bucket=settings.output_bucket, Key=key,
+                                              Body=json.dumps(document).encode(), ContentType="application/json")
 
 
 def get_json(settings: Settings, key: str, s3=None) -> dict | list | None:
