@@ -35,7 +35,7 @@ from dataclasses import dataclass
 # simulate`, docs/simulate.json, README: Scaling policy): of 1, 2 and 3 with targets of 15, 30 and
 # 60 s, the pair that lost fewest comparisons with the peer policies over every trace and boot
 # time; of those, costs within 1% count as equal, and the lowest sum of p99s won. The table is flat
-# (37 of 96 lost by every pair, $4.42 to $4.49 in all): these constants matter far less than
+# (36 or 37 of 96 lost by every pair, $4.39 to $4.43 in all): these constants matter far less than
 # knowing the boot, the inflow and a worker's rate in full tasks.
 WORK_PER_BOOT = 1.0
 
