@@ -19,7 +19,7 @@ Why 4 per core: the bench's solo workers wait on S3 and SQS for part of each tas
 were fastest and within the noise of each other (README, Performance: workers per core), and a
 process costs about 160 MB at rest on OpenVINO (a c7i.large, 2 vCPUs and 4 GiB, runs 8).
 Why 1 per core where the model runs on a GPU: there a process is bound by decoding on its core
-(`python -m daas bench gpu` on an H200 with 16 cores: 75-100 images/s a process, rising in step
+(`python -m daas bench gpu` on an H200 with 16 cores: 70-105 images/s a process, rising in step
 from 1 to 15 processes with the GPU a tenth busy), and each holds torch (579 MB resident measured
 on CPU) and a CUDA context: four times as many would add memory, not images.
 """
