@@ -49,6 +49,18 @@ class Prediction:
     top5: list[tuple[str, float]]
 
 
+def agreement(reference: Sequence[Prediction], predictions: Sequence[Prediction]) -> dict:
+    """How far `predictions` are from `reference`, image by image: the indices whose top-1 or
+    top-5 set differ, and the largest move of a reference top-5 score (a label gone counts as 0).
+    How runtimes and devices are held to the same labels (tests/test_runtimes.py, `bench gpu`)."""
+    score_moves = [abs(dict(p.top5).get(label, 0.0) - score)
+                   for r, p in zip(reference, predictions) for label, score in r.top5]
+    return {"top1_differs": [i for i, (r, p) in enumerate(zip(reference, predictions)) if r.label != p.label],
+            "top5_set_differs": [i for i, (r, p) in enumerate(zip(reference, predictions))
+                                 if {l for l, _ in r.top5} != {l for l, _ in p.top5}],
+            "max_score_move": max(score_moves)}
+
+
 def imagenet_labels() -> list[str]:
     """The 1,000 ImageNet class names, in the networks' output order (as torchvision ships them)."""
     return resources.files("daas").joinpath("imagenet_classes.txt").read_text().splitlines()

@@ -198,11 +198,9 @@ def ensure_secrets(settings: Settings, stack: str, out: Out) -> None:
 
 
 def template_parameters(settings: Settings, options: Options) -> list[dict]:
-    ami = options.ami or newest_worker_ami(settings)
-    if not ami:
-        raise DeployError(problems(settings, options)[0])
+    """The template's parameters for `options`, whose AMI `deploy` has looked up and checked."""
     vpc, subnets, _ = network(settings, options.subnets)
-    values = {"Ami": ami, "VpcId": vpc, "Subnets": ",".join(subnets), "CertificateArn": options.certificate_arn,
+    values = {"Ami": options.ami, "VpcId": vpc, "Subnets": ",".join(subnets), "CertificateArn": options.certificate_arn,
               "AllowHttp": "true" if options.allow_http else "false", "RetentionDays": str(options.retention_days),
               "WebHosts": str(options.web_hosts), "ScaleMax": str(options.scale_max),
               "WorkerInstanceTypes": options.worker_instance_types, "WorkerCapacity": options.worker_capacity,

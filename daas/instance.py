@@ -44,8 +44,10 @@ RESTARTS, RESTART_WINDOW = 5, 600.0  # as the unit's StartLimitBurst / StartLimi
 
 def processes(cfg: config.Settings) -> int:
     """How many consuming processes this machine runs."""
+    if cfg.worker_processes:
+        return cfg.worker_processes
     per_core = PROCESSES_PER_CORE_ON_GPU if runtimes.resolve(cfg)[1] == "cuda" else PROCESSES_PER_CORE
-    return cfg.worker_processes or per_core * (os.cpu_count() or 1)
+    return per_core * (os.cpu_count() or 1)
 
 
 class Instance:

@@ -9,7 +9,7 @@ import torch
 
 from daas import bench, config, images, runtimes
 from daas.bench import SAMPLE_PHOTOS, build_images
-from daas.classifier import Classifier, imagenet_labels
+from daas.classifier import Classifier, agreement, imagenet_labels
 from daas.runtimes import export
 from tests.conftest import skimage_photo
 
@@ -42,16 +42,6 @@ def pictures(tmp_path_factory) -> list:
 @pytest.fixture(scope="module")
 def reference(settings, pictures) -> list:
     return Classifier(settings, runtime="torch").classify(pictures)
-
-
-def agreement(reference: list, predictions: list) -> dict:
-    """How far `predictions` are from `reference`, image by image."""
-    score_moves = [abs(dict(p.top5).get(label, 0.0) - score)
-                   for r, p in zip(reference, predictions) for label, score in r.top5]
-    return {"top1_differs": [i for i, (r, p) in enumerate(zip(reference, predictions)) if r.label != p.label],
-            "top5_set_differs": [i for i, (r, p) in enumerate(zip(reference, predictions))
-                                 if {l for l, _ in r.top5} != {l for l, _ in p.top5}],
-            "max_score_move": max(score_moves)}
 
 
 @pytest.mark.parametrize("runtime,precision", F32)
