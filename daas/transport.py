@@ -11,7 +11,9 @@ whose bindings live in each process: Flower sees no workers and no tasks. This s
 - emulates AMQP auto-delete: per-process queues (pidbox, event receivers) and their SNS
   subscriptions are removed when the process closes its channel or exits. What a killed process
   leaves behind is swept by `daas.tasks.housekeeping`, which knows a live owner by the lease it
-  renews on its queues (daas.leases) from a thread of this process.
+  renews on its queues (daas.leases) from a thread of this process. A queue deleted so is gone for
+  the channel: a consumer thread still running (Flower's, at exit) neither re-creates it nor fails
+  acking what it received from it.
 
 It also mends two stalls in kombu's event loop (`_fire_timers_without_stalling`,
 `_complete_each_request_alone`) and records when each queue was last polled (`seconds_since_poll`),
@@ -26,6 +28,7 @@ import threading
 import time
 import weakref
 from functools import cached_property
+from queue import Empty
 
 from botocore.exceptions import ClientError
 from kombu.asynchronous.http.curl import CurlClient
@@ -54,6 +57,8 @@ def is_reply_exchange(exchange: str) -> bool:
 class Channel(SQS.Channel):
     def __init__(self, *args, **kwargs):
         self._auto_delete_queues: set[str] = set()
+        self._deleted_queues: set[str] = set()  # auto-delete queues this channel removed
+        self._deleting = threading.Lock()  # at exit, and by a thread closing the channel meanwhile
         self._drain_timeout: float | None = None
         super().__init__(*args, **kwargs)
         with _channels_lock:
@@ -102,6 +107,21 @@ class Channel(SQS.Channel):
                                            wait_time_seconds or self.wait_time_seconds))
         return super()._receive_message(queue, max_number_of_messages, wait_time_seconds)
 
+    def _new_queue(self, queue, **kwargs):
+        # kombu re-creates a queue it cannot find. One this channel deleted at exit is gone for good:
+        # what a receive in flight then returns (Flower's event thread) went with it.
+        if queue in self._deleted_queues:
+            raise Empty()
+        return super()._new_queue(queue, **kwargs)
+
+    def _get(self, queue):
+        # The synchronous receive (Flower's event thread, `inspect`): on a queue deleted at exit, an
+        # empty long poll, so that the thread neither spins nor fails while the interpreter ends.
+        if queue in self._deleted_queues:
+            time.sleep(self.wait_time_seconds)
+            raise Empty()
+        return super()._get(queue)
+
     def _on_messages_ready(self, queue, qname, messages):
         _last_poll[qname] = time.monotonic()  # every completed long poll, empty ones too
         return super()._on_messages_ready(queue, qname, messages)
@@ -141,15 +161,21 @@ class Channel(SQS.Channel):
         self._queue_cache.pop(self.canonical_queue_name(queue), None)  # kombu pops the raw name
 
     def delete_auto_queues(self) -> None:
-        for queue in list(self._auto_delete_queues):
-            try:
-                if list(self.state.queue_bindings(queue)):
-                    self.queue_delete(queue)
-                else:
-                    self._delete(queue)
-            except Exception as exc:  # best effort at shutdown; the sweeper gets the rest
-                log.warning("could not delete queue %r: %r", queue, exc)
-            self._auto_delete_queues.discard(queue)
+        # At exit this runs on the main thread while Flower's event thread may close the same
+        # channel (connection None from then on): one of them deletes, the other finds nothing.
+        with self._deleting:
+            if self.connection is None:
+                return
+            for queue in list(self._auto_delete_queues):
+                self._deleted_queues.add(queue)  # before DeleteQueue: a receive in flight may return
+                try:
+                    if list(self.state.queue_bindings(queue)):
+                        self.queue_delete(queue)
+                    else:
+                        self._delete(queue)
+                except Exception as exc:  # best effort at shutdown; the sweeper gets the rest
+                    log.warning("could not delete queue %r: %r", queue, exc)
+                self._auto_delete_queues.discard(queue)
 
     def close(self):
         if not self.closed:

@@ -7,6 +7,7 @@ import uuid
 import requests
 
 from daas import aws
+from daas.bench.soak import ERROR_LINE
 from daas.stack import Stack, child_env
 from tests.conftest import Service, make_settings, skimage_photo, wait_for
 
@@ -72,6 +73,10 @@ def test_flower_sees_workers_and_tasks_and_nothing_is_left_behind(local_aws, tmp
     # With Flower stopped too, only the service's own queues remain, and no subscriptions.
     assert stack_queues(settings) == set(), stack_queues(settings)
     assert subscriptions(settings) == []
+    # ...and Flower ended quietly: its event thread outlived the deletion of its queue at exit
+    # without an error line (it once logged "Failed to capture events: ... NonExistentQueue").
+    flower_log = (tmp_path / "logs" / "flower.log").read_text(errors="replace")
+    assert not [line for line in flower_log.splitlines() if ERROR_LINE.search(line)], flower_log[-3000:]
 
 
 def test_sweeper_removes_what_a_killed_worker_left_and_keeps_live_queues_however_full(local_aws, tmp_path):

@@ -92,3 +92,42 @@ def test_a_renewal_round_survives_a_failing_channel_and_channels_opened_meanwhil
             for channel in [failing, working, *opened]:
                 transport._channels.discard(channel)
     assert failing.rounds == working.rounds == 200
+
+
+def test_a_queue_deleted_at_exit_stays_deleted_for_a_consumer_thread_still_running(local_aws, tmp_path):
+    """At exit the atexit hook deletes this process's auto-delete queues while Flower's event thread
+    may still be receiving from one (a daemon thread: nothing stops it). What a receive in flight
+    returns after the deletion, and every later poll, must neither fail (Flower logged "Failed to
+    capture events: NonExistentQueue") nor re-create the queue (an orphan until swept)."""
+    import socket
+    from queue import Empty
+
+    import boto3
+    import pytest
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    from daas import broker
+    from tests.conftest import make_settings
+
+    settings = make_settings(local_aws, tmp_path)
+    options = {**broker.transport_options(settings), "wait_time_seconds": 1}
+    sqs = boto3.client("sqs", endpoint_url=local_aws, region_name=settings.region)
+    name = f"{settings.stack}-events-receiver"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name, auto_delete=True)
+    with Connection(broker.broker_url(settings), transport=broker.TRANSPORT, transport_options=options) as conn:
+        channel = conn.default_channel
+        received = []
+        with Consumer(channel, [queue], callbacks=[lambda body, message: received.append(body)], no_ack=True):
+            Producer(channel).publish({"event": 1}, exchange=queue.exchange, routing_key=name)
+            conn.drain_events(timeout=5)
+            assert received == [{"event": 1}]
+            Producer(channel).publish({"event": 2}, exchange=queue.exchange, routing_key=name)
+            in_flight = channel._receive_message(name, 1, 1)["Messages"]  # the receive the deletion overtakes
+            channel.delete_auto_queues()
+            assert not sqs.list_queues(QueueNamePrefix=name).get("QueueUrls")
+            with pytest.raises(Empty):
+                channel._messages_to_python(in_flight, name)
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=2)
+        assert not sqs.list_queues(QueueNamePrefix=name).get("QueueUrls"), "the deleted queue came back"
+        assert received == [{"event": 1}]
