@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from daas import bench, config, images, runtimes
-from daas.bench import SAMPLE_PHOTOS, build_images
+from daas.bench.gpu import photos
 from daas.classifier import Classifier, agreement, imagenet_labels
 from daas.runtimes import export
 from tests.conftest import skimage_photo
@@ -31,12 +31,10 @@ def settings(tmp_path_factory) -> config.Settings:
 
 
 @pytest.fixture(scope="module")
-def pictures(tmp_path_factory) -> list:
-    """The bench's distinct images (its 120 are these, cycled) and scikit-image's sample photos,
-    decoded as a worker decodes them."""
-    files = [data for _, data in build_images(tmp_path_factory.mktemp("bench"))]
-    files += [skimage_photo(name) for name in SAMPLE_PHOTOS]
-    return [images.decode(data, 50_000_000, draft_size=images.WORKER_DRAFT_SIZE) for data in files]
+def pictures() -> list:
+    """The bench's distinct images (its 120 are these, cycled) and scikit-image's sample photos, the
+    32 that `bench gpu` compares too, decoded as a worker decodes them."""
+    return [images.decode(data, 50_000_000, draft_size=images.WORKER_DRAFT_SIZE) for data in photos()]
 
 
 @pytest.fixture(scope="module")
