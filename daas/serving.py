@@ -21,8 +21,9 @@ from daas import config
 
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'  # client, request line, status, bytes, duration
 # The local AWS endpoint's lines also name the SQS/SNS operation (JSON protocol: a header) and the
-# caller (its user agent ends with daas/<role>, see daas.aws.ROLE).
-AWS_ACCESS_LOG_FORMAT = ACCESS_LOG_FORMAT + ' "%({x-amz-target}i)s" "%(a)s"'
+# caller (its user agent ends with daas/<role>, see daas.aws.ROLE), after the time each answer went
+# out: a silence of the endpoint shows in its log (the soak reports the longest around each fault).
+AWS_ACCESS_LOG_FORMAT = '%(t)s ' + ACCESS_LOG_FORMAT + ' "%({x-amz-target}i)s" "%(a)s"'
 
 
 def read_timeout(app: Callable, seconds: float) -> Callable:

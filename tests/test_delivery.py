@@ -2,6 +2,8 @@
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -213,3 +215,34 @@ def test_a_heartbeat_put_that_s3_holds_delays_neither_the_visibility_extension_n
             assert len(task_lines(tmp_path / "logs", "received")) == 1
             assert all(worker.poll() is None for worker in workers.values())
             assert {image["status"] for image in service.wait_job(job["job_id"])["images"]} == {"done"}
+
+
+def test_a_killed_consumers_open_long_poll_takes_the_next_message_until_the_visibility_timeout(local_aws, tmp_path):
+    """What the README's Delivery section and daas.lifecycle.Retirement build on: SQS completes a
+    long poll whose client is gone, so a message that arrives meanwhile is taken by nobody and comes
+    back only after the visibility timeout (AWS does the same: aws/aws-sdk-js#2350). A retiring
+    worker therefore waits out its last poll; a SIGKILLed one cannot."""
+    settings = make_settings(local_aws, tmp_path)
+    sqs = aws.client("sqs", settings)
+    url = sqs.create_queue(QueueName=f"{settings.stack}-ghost-poll", Attributes={"VisibilityTimeout": "3"})["QueueUrl"]
+    poller = subprocess.Popen([sys.executable, "-c", (
+        "import boto3; sqs = boto3.client('sqs', endpoint_url=%r, region_name=%r); print('polling', flush=True); "
+        "sqs.receive_message(QueueUrl=%r, WaitTimeSeconds=8)") % (local_aws, settings.region, url)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert poller.stdout.readline().strip() == "polling"
+        time.sleep(1.5)  # its receive is open on the endpoint
+        poller.send_signal(signal.SIGKILL)
+        poller.wait(10)
+        sqs.send_message(QueueUrl=url, MessageBody="sent after the poller died")
+        time.sleep(0.5)
+        assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages") is None
+        counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+        assert counts["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1", "the dead poll took it"
+        sent = time.monotonic()
+        back = wait_for(lambda: sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages"), 20,
+                        "the message to come back")
+        assert back[0]["Body"] == "sent after the poller died" and time.monotonic() - sent >= 2
+    finally:
+        poller.kill()
+        sqs.delete_queue(QueueUrl=url)
