@@ -479,12 +479,16 @@ def reruns(runs: dict, kills: dict[int, float]) -> tuple[int, int]:
     return twice, again
 
 
+def orphans(runs: dict, pid: int) -> list[dict]:
+    """The runs of the tasks that the killed worker `pid` took and did not finish."""
+    return [run for run in runs.values() if any(p == pid for _, p in run["received"])
+            and not any(p == pid for _, p in run["succeeded"])]
+
+
 def orphans_recovered(runs: dict, pid: int, killed: float) -> float | None:
     """When the last task the killed worker `pid` held succeeded elsewhere (the kill time if it held
     none); None if one of them never did."""
-    orphans = [run for run in runs.values() if any(p == pid for _, p in run["received"])
-               and not any(p == pid for _, p in run["succeeded"])]
-    done = [min((t for t, p in run["succeeded"] if p != pid), default=None) for run in orphans]
+    done = [min((t for t, p in run["succeeded"] if p != pid), default=None) for run in orphans(runs, pid)]
     return None if None in done else max(done, default=killed)
 
 
@@ -494,20 +498,17 @@ def worker_story(runs: dict, pid: int, killed: float, recovered: float | None, l
     killed worker took each task it left unfinished, when another took it and labelled it; workers
     that stopped consuming meanwhile; the scaler's ticks and the local endpoint's longest silence in
     that window (a stalled machine or endpoint shows there, not in the service's own logs)."""
-    end = (recovered or killed + RECOVERY_TIMEOUT) + 1
-    orphans = []
-    for run in runs.values():
-        taken = [t for t, p in run["received"] if p == pid]
-        if taken and not any(p == pid for _, p in run["succeeded"]):
-            again = [t for t, p in run["received"] if p != pid and t > taken[-1]]
-            done = [t for t, p in run["succeeded"] if p != pid]
-            orphans.append({"taken": round(taken[-1] - killed, 2),
-                            "taken_again": round(again[0] - killed, 2) if again else None,
-                            "labelled": round(done[0] - killed, 2) if done else None})
+    end, tasks = (recovered or killed + RECOVERY_TIMEOUT) + 1, []
+    for run in orphans(runs, pid):
+        taken = max(t for t, p in run["received"] if p == pid)
+        again = min((t for t, p in run["received"] if p != pid and t > taken), default=None)
+        done = min((t for t, p in run["succeeded"] if p != pid), default=None)
+        tasks.append({"taken": round(taken - killed, 2), "taken_again": again and round(again - killed, 2),
+                      "labelled": done and round(done - killed, 2)})
     stopped = [line for line in logs.get("workers", "").splitlines()
                if "no longer consuming" in line and killed <= _log_time(line[1:24]) <= end]
     ticks = [round(r["t"] - killed, 1) for r in records if killed <= r["t"] <= end]
-    return {"orphans": orphans, "stopped_consuming": stopped, "scaler_ticks": ticks,
+    return {"orphans": tasks, "stopped_consuming": stopped, "scaler_ticks": ticks,
             "endpoint_silence_s": longest_silence(logs.get("aws", ""), killed, end)}
 
 
@@ -518,10 +519,10 @@ def longest_silence(aws_log: str, start: float, end: float) -> float | None:
     """The longest time between two answers of the local endpoint within [start, end] (its access
     log has a second's resolution), or None where its log has no times."""
     times = [datetime.strptime(stamp, "%d/%b/%Y:%H:%M:%S %z").timestamp() for stamp in _ACCESS_TIME.findall(aws_log)]
-    inside = sorted(t for t in times if start - 1 <= t <= end + 1)
     if not times:
         return None
-    return float(max((b - a for a, b in zip(inside, inside[1:])), default=end - start))
+    points = [start, *sorted(t for t in times if start <= t <= end), end]
+    return round(max(b - a for a, b in zip(points, points[1:])), 2)
 
 
 def first_line_after(log: str, text: str, after: float) -> float | None:
