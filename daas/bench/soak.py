@@ -56,11 +56,16 @@ ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|^\[[EC] |Traceback|Unrecoverable|
 
 def profile(minutes: float) -> dict[str, str]:
     """The stack's timing settings: the defaults for a long soak; shorter ones for a short soak,
-    so that a few minutes still hold several housekeeping runs and a scale-to-zero cycle."""
+    so that a few minutes still hold several housekeeping runs and a scale-to-zero cycle. Its
+    visibility timeout of 10 s halves what each burst waits for the killed worker's images, and
+    the malformed message's three deliveries (the 4-minute soak in CI took 311 s, 80 s of them
+    the malformed message of its last cycle; the killed worker's images came back after 20.3 to
+    21.1 s in six runs here, and once in CI after 34.6 s, against a bound of 30: the whole stack
+    had stalled for some 17 s, for a reason its lost logs could not tell)."""
     if minutes >= 10:
         return {"DAAS_IDLE_TIMEOUT": "60"}
     return {"DAAS_IDLE_TIMEOUT": "20", "DAAS_SWEEP_INTERVAL": "20", "DAAS_HEARTBEAT_INTERVAL": "5",
-            "DAAS_STALL_TIMEOUT": "30", "DAAS_QUEUE_LEASE_INTERVAL": "15"}
+            "DAAS_STALL_TIMEOUT": "30", "DAAS_QUEUE_LEASE_INTERVAL": "15", "DAAS_VISIBILITY_TIMEOUT": "10"}
 
 
 def flower_stop_s(minutes: float) -> float:
