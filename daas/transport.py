@@ -124,9 +124,13 @@ class Channel(SQS.Channel):
 
     def _on_messages_ready(self, queue, qname, messages):
         _last_poll[qname] = time.monotonic()  # every completed long poll, empty ones too
+        if qname in self._deleted_queues:  # a poll that outlived its queue's deletion: they went with it
+            return 0
         return super()._on_messages_ready(queue, qname, messages)
 
     def _delete_message(self, queue_name, message):
+        if queue_name in self._deleted_queues:
+            return  # deleted with its queue
         if self.hub is None:  # kombu deletes through the pycurl client, which needs an event loop
             return self.sqs().delete_message(QueueUrl=self._new_queue(queue_name),
                                              ReceiptHandle=message["ReceiptHandle"])

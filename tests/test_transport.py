@@ -125,8 +125,10 @@ def test_a_queue_deleted_at_exit_stays_deleted_for_a_consumer_thread_still_runni
             in_flight = channel._receive_message(name, 1, 1)["Messages"]  # the receive the deletion overtakes
             channel.delete_auto_queues()
             assert not sqs.list_queues(QueueNamePrefix=name).get("QueueUrls")
-            with pytest.raises(Empty):
+            with pytest.raises(Empty):  # the synchronous path (Flower's thread)
                 channel._messages_to_python(in_flight, name)
+            assert channel._on_messages_ready(None, name, {"Messages": in_flight}) == 0  # the event loop's
+            assert channel._delete_message(name, in_flight[0]) is None
             with pytest.raises(socket.timeout):
                 conn.drain_events(timeout=2)
         assert not sqs.list_queues(QueueNamePrefix=name).get("QueueUrls"), "the deleted queue came back"
