@@ -129,8 +129,6 @@ class Channel(SQS.Channel):
         return super()._on_messages_ready(queue, qname, messages)
 
     def _delete_message(self, queue_name, message):
-        if queue_name in self._deleted_queues:
-            return  # deleted with its queue
         if self.hub is None:  # kombu deletes through the pycurl client, which needs an event loop
             return self.sqs().delete_message(QueueUrl=self._new_queue(queue_name),
                                              ReceiptHandle=message["ReceiptHandle"])

@@ -57,8 +57,9 @@ def test_a_slow_recovery_from_a_worker_kill_is_told_with_what_it_waited_on():
     logs = {"aws": "\n".join(access_line(s) for s in (1, 2, 3, 18, 19, 33)),
             "workers": "[2026-12-04 14:00:25,000: INFO/MainProcess 8] idle for 20 s: no longer consuming; "
                        "shutting down once the last poll is over"}
-    story = soak.worker_story(runs, 7, killed, killed + 33.2, logs, [{"t": killed + 5.0}, {"t": killed + 30.0}])
+    story = soak.worker_story(runs, 7, killed, killed + 33.2, logs, [{"t": killed + 5.0}, {"t": killed + 30.0}],
+                              soak.answer_times(logs["aws"]))
     assert story["orphans"] == [{"taken": -0.5, "taken_again": 33.0, "labelled": 33.2}]
     assert story["endpoint_silence_s"] == 15.0 and story["scaler_ticks"] == [5.0, 30.0]
     assert [line[1:24] for line in story["stopped_consuming"]] == ["2026-12-04 14:00:25,000"]
-    assert soak.longest_silence("no times in this log", killed, killed + 10) is None
+    assert soak.longest_silence(soak.answer_times("no times in this log"), killed, killed + 10) is None

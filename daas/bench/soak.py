@@ -370,11 +370,11 @@ class Soak:
         logs = {path.stem: path.read_text(errors="replace") for path in sorted((self.state / "logs").glob("*.log"))}
         logs["up"] = (self.tmp / "up.log").read_text(errors="replace")
         records = [r for r in timeline.read(self.state) if r["t"] >= self.started]
-        runs = task_runs(logs.get("workers", ""))
+        runs, answered = task_runs(logs.get("workers", "")), answer_times(logs.get("aws", ""))
         for fault in self.faults:
             if fault.kind == "worker":
                 fault.recovered = orphans_recovered(runs, int(fault.detail), fault.t)
-                fault.story = worker_story(runs, int(fault.detail), fault.t, fault.recovered, logs, records)
+                fault.story = worker_story(runs, int(fault.detail), fault.t, fault.recovered, logs, records, answered)
             elif fault.kind == "malformed message":
                 fault.recovered = first_line_after(logs.get("controller", ""), REAPED, fault.t)
         outcomes = Counter(item.outcome for item in self.sent)
@@ -498,11 +498,12 @@ def orphans_recovered(runs: dict, pid: int, killed: float) -> float | None:
 
 
 def worker_story(runs: dict, pid: int, killed: float, recovered: float | None, logs: dict[str, str],
-                 records: list[dict]) -> dict:
+                 records: list[dict], answered: list[float]) -> dict:
     """What the recovery from killing worker `pid` waited on, in seconds from the kill: when the
     killed worker took each task it left unfinished, when another took it and labelled it; workers
     that stopped consuming meanwhile; the scaler's ticks and the local endpoint's longest silence in
-    that window (a stalled machine or endpoint shows there, not in the service's own logs)."""
+    that window (a stalled machine or endpoint shows there, not in the service's own logs).
+    `answered`: the endpoint's answer times (answer_times of its log, read once for every fault)."""
     end, tasks = (recovered or killed + RECOVERY_TIMEOUT) + 1, []
     for run in orphans(runs, pid):
         taken = max(t for t, p in run["received"] if p == pid)
@@ -514,16 +515,20 @@ def worker_story(runs: dict, pid: int, killed: float, recovered: float | None, l
                if "no longer consuming" in line and killed <= _log_time(line[1:24]) <= end]
     ticks = [round(r["t"] - killed, 1) for r in records if killed <= r["t"] <= end]
     return {"orphans": tasks, "stopped_consuming": stopped, "scaler_ticks": ticks,
-            "endpoint_silence_s": longest_silence(logs.get("aws", ""), killed, end)}
+            "endpoint_silence_s": longest_silence(answered, killed, end)}
 
 
 _ACCESS_TIME = re.compile(r"^\[(\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4})\] ", re.M)
 
 
-def longest_silence(aws_log: str, start: float, end: float) -> float | None:
-    """The longest time between two answers of the local endpoint within [start, end] (its access
-    log has a second's resolution), or None where its log has no times."""
-    times = [datetime.strptime(stamp, "%d/%b/%Y:%H:%M:%S %z").timestamp() for stamp in _ACCESS_TIME.findall(aws_log)]
+def answer_times(aws_log: str) -> list[float]:
+    """When the local endpoint answered each request (its access log has a second's resolution)."""
+    return [datetime.strptime(stamp, "%d/%b/%Y:%H:%M:%S %z").timestamp() for stamp in _ACCESS_TIME.findall(aws_log)]
+
+
+def longest_silence(times: list[float], start: float, end: float) -> float | None:
+    """The longest time between two of the endpoint's answers `times` within [start, end], or None
+    where its log had no times."""
     if not times:
         return None
     points = [start, *sorted(t for t in times if start <= t <= end), end]
