@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -86,27 +86,33 @@ def newest_worker_ami(settings: Settings) -> str | None:
     return max(images, key=lambda image: image.get("CreationDate", ""))["ImageId"] if images else None
 
 
-def network(settings: Settings, subnets: tuple[str, ...]) -> tuple[str, list[str], set[str]]:
-    """(VPC, subnets, their zones): the given subnets, else one default subnet per zone of the
-    default VPC."""
+class Network(NamedTuple):
+    vpc: str  # "" when the subnets are not all in one VPC, or there is no default VPC
+    subnets: list[str]
+    zones: set[str]
+
+
+def network(settings: Settings, subnets: tuple[str, ...]) -> Network:
+    """The given subnets, else one default subnet per zone of the default VPC."""
     ec2 = aws.client("ec2", settings)
     if subnets:
         found = ec2.describe_subnets(SubnetIds=list(subnets))["Subnets"]
     else:
         vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
         if not vpcs:
-            return "", [], set()
+            return Network("", [], set())
         found = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpcs[0]["VpcId"]]},
                                               {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
     found = sorted(found, key=lambda subnet: subnet["AvailabilityZone"])
     vpcs = {subnet["VpcId"] for subnet in found}
-    return (vpcs.pop() if len(vpcs) == 1 else ""), [s["SubnetId"] for s in found], {
-        s["AvailabilityZone"] for s in found}
+    return Network(vpcs.pop() if len(vpcs) == 1 else "", [s["SubnetId"] for s in found],
+                   {s["AvailabilityZone"] for s in found})
 
 
-def problems(settings: Settings, options: Options, notes: list[str] | None = None) -> list[str]:
+def problems(settings: Settings, options: Options, notes: list[str] | None = None,
+             net: Network | None = None) -> list[str]:
     """What in the account would make a deploy fail, in words (read-only calls only); what could
-    not be checked goes to `notes`."""
+    not be checked goes to `notes`. `net` is `options.subnets`' network where the caller has it."""
     found, notes = [], notes if notes is not None else []
     ami = options.ami or newest_worker_ami(settings)
     if not ami:
@@ -114,7 +120,7 @@ def problems(settings: Settings, options: Options, notes: list[str] | None = Non
                      "(`packer build worker_ami/`, see worker_ami/README.md) or pass --ami")
     elif options.ami and not _exists(lambda: aws.client("ec2", settings).describe_images(ImageIds=[ami])["Images"]):
         found.append(f"the AMI {ami} does not exist in {settings.region}")
-    vpc, subnets, zones = network(settings, options.subnets)
+    vpc, subnets, zones = net or network(settings, options.subnets)
     if not vpc:
         found.append("the subnets must all be in one VPC (no default VPC here: pass --subnets)")
     if len(zones) < 2:
@@ -197,10 +203,9 @@ def ensure_secrets(settings: Settings, stack: str, out: Out) -> None:
             out(f"made {name} (SecureString); read it with: aws ssm get-parameter --with-decryption --name {name}")
 
 
-def template_parameters(settings: Settings, options: Options) -> list[dict]:
-    """The template's parameters for `options`, whose AMI `deploy` has looked up and checked."""
-    vpc, subnets, _ = network(settings, options.subnets)
-    values = {"Ami": options.ami, "VpcId": vpc, "Subnets": ",".join(subnets), "CertificateArn": options.certificate_arn,
+def template_parameters(options: Options, net: Network) -> list[dict]:
+    """The template's parameters for `options`, whose AMI and network `deploy` has looked up and checked."""
+    values = {"Ami": options.ami, "VpcId": net.vpc, "Subnets": ",".join(net.subnets), "CertificateArn": options.certificate_arn,
               "AllowHttp": "true" if options.allow_http else "false", "RetentionDays": str(options.retention_days),
               "WebHosts": str(options.web_hosts), "ScaleMax": str(options.scale_max),
               "WorkerInstanceTypes": options.worker_instance_types, "WorkerCapacity": options.worker_capacity,
@@ -214,9 +219,10 @@ def deploy(settings: Settings, options: Options, out: Out = print) -> dict[str, 
     """Create or update the stack; return its outputs. Raises DeployError with the reason of the
     first resource that failed."""
     notes: list[str] = []
-    # The AMI is looked up once: problems() then checks that exact image, and the template gets it.
+    # The AMI and the network are looked up once: problems() checks them, and the template gets them.
     options = replace(options, ami=options.ami or newest_worker_ami(settings) or "")
-    found = problems(settings, options, notes)
+    net = network(settings, options.subnets)
+    found = problems(settings, options, notes, net)
     for note in notes:
         out(f"note: {note}")
     if found:
@@ -224,7 +230,7 @@ def deploy(settings: Settings, options: Options, out: Out = print) -> dict[str, 
     ensure_secrets(settings, options.stack, out)
     cfn = aws.client("cloudformation", settings)
     request = {"StackName": options.stack, "TemplateBody": TEMPLATE.read_text(),
-               "Parameters": template_parameters(settings, options), "Capabilities": ["CAPABILITY_NAMED_IAM"],
+               "Parameters": template_parameters(options, net), "Capabilities": ["CAPABILITY_NAMED_IAM"],
                "Tags": [{"Key": leases.STACK_TAG, "Value": options.stack}]}
     since = time.time() - 1
     try:
