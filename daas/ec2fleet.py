@@ -50,6 +50,9 @@ def fleet_request(template: dict, count: int, capacity: str, overrides: list[dic
     """CreateFleet's arguments for `count` instances of one capacity kind."""
     target = {"TotalTargetCapacity": count, "DefaultTargetCapacityType": capacity,
               ("SpotTargetCapacity" if capacity == "spot" else "OnDemandTargetCapacity"): count}
+    # The instances' tags are in the request as well as in the template's version (which alone can tag
+    # the volumes: an instant fleet tags only instances and itself), so the controller's IAM condition
+    # on aws:RequestTag sees them whether or not AWS counts a launch template's tags as requested.
     request = {"Type": "instant", "ClientToken": uuid.uuid4().hex,  # botocore's retries never launch twice
                "LaunchTemplateConfigs": [{"LaunchTemplateSpecification": template, "Overrides": overrides}],
                "TargetCapacitySpecification": target,
