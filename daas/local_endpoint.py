@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     backends.list_of_moto_modules = _list_of_moto_modules  # looked up as an attribute per request
     index_listings()
     serve(DomainDispatcherApplication(create_backend_app), args.host, args.port, workers=1, threads=THREADS,
-          timeout=60, name="daas-aws", access_log_format=AWS_ACCESS_LOG_FORMAT)
+          timeout=60, name="daas-aws", access_log_format=AWS_ACCESS_LOG_FORMAT, drop_requests_on_quit=True)
 
 
 if __name__ == "__main__":

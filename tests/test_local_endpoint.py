@@ -1,12 +1,16 @@
-"""The local endpoint's index of S3 listings answers exactly as moto does (daas.local_endpoint)."""
+"""The local endpoint (daas.local_endpoint): its index of S3 listings answers exactly as moto does,
+and it stops at once, open long polls or not."""
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import pytest
 from moto.s3.models import s3_backends
 
-from daas import local_endpoint
+from daas import aws, config, local_endpoint
+from daas.stack import Stack, free_port
 
 ACCOUNT = "123456789012"
 
@@ -92,3 +96,29 @@ def test_delete_markers_of_a_versioned_bucket_are_not_listed(backend):
     ours = walk(local_endpoint._list_objects_v2, backend, bucket, "", None, 5)
     assert ours == walk(local_endpoint._moto_list_objects_v2, backend, bucket, "", None, 5)
     assert [name for page, _, _ in ours for name in page] == [n for i, n in enumerate(names) if i % 3]
+
+
+def test_an_endpoint_with_open_long_polls_stops_at_once(tmp_path):
+    """Stack.stop's SIGINT ends the endpoint without waiting for the long polls in hand (as SQS, it
+    keeps a poll open after its client is gone): every stop of it took 10 s, until Stack.stop
+    killed it (daas.serving.exit_at_once)."""
+    stack = Stack(config.Settings(aws_port=free_port(), state_dir=tmp_path), log_dir=tmp_path)
+    stack.start_local_aws()
+    endpoint = stack._endpoint
+    sqs = aws.client("sqs", stack.settings)
+    queue = sqs.create_queue(QueueName="polled")["QueueUrl"]
+    polls = [threading.Thread(target=_poll, args=(sqs, queue), daemon=True) for _ in range(3)]
+    for poll in polls:
+        poll.start()
+    time.sleep(1)
+    assert all(poll.is_alive() for poll in polls)  # the polls are open
+    started = time.monotonic()
+    stack.stop()
+    assert time.monotonic() - started < 3 and endpoint.returncode == 0  # not killed after 10 s
+
+
+def _poll(sqs, queue: str) -> None:
+    try:
+        sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=20)
+    except Exception:  # the endpoint went away: what this test does
+        pass

@@ -280,6 +280,35 @@ def test_the_web_tiers_worker_processes_end_with_their_arbiter(local_aws, tmp_pa
         assert time.monotonic() - killed < 0.9
 
 
+def test_a_second_quit_signal_does_not_re_enter_the_quick_stop():
+    """A terminal's Ctrl-C reaches a gunicorn worker and its arbiter, which then sends the worker
+    SIGQUIT: gunicorn's handler, entered again while it held its thread pool's lock, deadlocked
+    the worker (daas.serving.quit_once)."""
+    import os
+    import signal
+
+    from daas.serving import quit_once
+
+    handled = []
+
+    def handle_quit(signum, frame) -> None:  # gunicorn's, with the arbiter's SIGQUIT arriving inside
+        handled.append(signum)
+        if len(handled) == 1:
+            os.kill(os.getpid(), signal.SIGQUIT)
+            time.sleep(0.05)
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        for signum in saved:
+            signal.signal(signum, quit_once(handle_quit))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert handled == [signal.SIGINT]
+
+
 def _alive(pid: int) -> bool:
     """Running, not a zombie waiting to be reaped."""
     try:
