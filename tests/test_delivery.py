@@ -193,13 +193,13 @@ def test_a_heartbeat_put_that_s3_holds_delays_neither_the_visibility_extension_n
     from tests.aws_proxy import AwsProxy, Rule
 
     with AwsProxy(local_aws) as proxy:
-        settings = make_settings(proxy.url, tmp_path, visibility_timeout=2, heartbeat_interval=2, images_per_task=60)
+        settings = make_settings(proxy.url, tmp_path, visibility_timeout=2, heartbeat_interval=2, images_per_task=30)
         with Stack(settings, log_dir=tmp_path / "logs") as stack:
             service = Service(stack, stack.start_web())
             workers = {name: stack.start_worker(name) for name in ("first", "second")}
             wait_for(lambda: len(fleet.heartbeats(settings)) == 2, 90, "both workers to beat")
-            png = big_png()  # 60 in one task: twice the time of the test above, so that it runs on
-            job = service.submit([(f"big{i}.png", png) for i in range(60)]).json()  # well past the hold
+            png = big_png()  # 30 in one task, as above: some 11 s, about 9 s past the hold's start
+            job = service.submit([(f"big{i}.png", png) for i in range(30)]).json()  # (4 visibility timeouts)
             wait_for(lambda: task_lines(tmp_path / "logs", "received"), 60, "a worker to take the task")
             proxy.add(Rule("PUT", f"/{settings.output_bucket}/{fleet.PREFIX}", hold=30, once_per_path=True))
             while not service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "done":
