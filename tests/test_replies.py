@@ -7,7 +7,8 @@ from tests.conftest import make_settings, wait_for
 
 
 def test_the_listener_outlives_a_failed_re_creation_of_its_vanished_queue(local_aws, tmp_path, monkeypatch):
-    settings = make_settings(local_aws, tmp_path)
+    # Polls of 2 s (a poll never outlasts a lease period), not 20: the one open at the deletion ends sooner.
+    settings = make_settings(local_aws, tmp_path, queue_lease_interval=2)
     box = replies.Replies(settings)
     first = box.queue_url()
     sqs, create, failures = aws.client("sqs", settings), box._create, []
