@@ -147,7 +147,7 @@ class Stack:
             _signal_group(self._group, signal.SIGKILL)
             self._group = None
         if self._endpoint:
-            # SIGINT: gunicorn's quick shutdown (a graceful one would wait for open long polls).
+            # SIGINT: its worker ends at once, open long polls or not (daas.serving.exit_at_once).
             _signal_group(self._endpoint.pid, signal.SIGINT)
             _wait_group(self._endpoint.pid, [self._endpoint], 10)
             _signal_group(self._endpoint.pid, signal.SIGKILL)
