@@ -198,8 +198,8 @@ def test_a_heartbeat_put_that_s3_holds_delays_neither_the_visibility_extension_n
             service = Service(stack, stack.start_web())
             workers = {name: stack.start_worker(name) for name in ("first", "second")}
             wait_for(lambda: len(fleet.heartbeats(settings)) == 2, 90, "both workers to beat")
-            png = big_png()  # 30 in one task, as above: some 11 s, about 9 s past the hold's start
-            job = service.submit([(f"big{i}.png", png) for i in range(30)]).json()  # (4 visibility timeouts)
+            png = big_png()  # 30 in one task, as above: it ran 10.7-11.2 s past the hold's start
+            job = service.submit([(f"big{i}.png", png) for i in range(30)]).json()  # (5 visibility timeouts)
             wait_for(lambda: task_lines(tmp_path / "logs", "received"), 60, "a worker to take the task")
             proxy.add(Rule("PUT", f"/{settings.output_bucket}/{fleet.PREFIX}", hold=30, once_per_path=True))
             while not service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "done":
