@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from daas import config
+from daas.bench import BENCHMARKS
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -364,7 +365,7 @@ def parser() -> argparse.ArgumentParser:
     destroy.set_defaults(func=cmd_destroy)
 
     bench = sub.add_parser("bench", help="benchmarks (see README)")
-    bench.add_argument("which", nargs="?", default="all", choices=["all", "scaling", "soak", "batch", "simulate", "gpu"])
+    bench.add_argument("which", nargs="?", default="all", choices=list(BENCHMARKS))
     bench.add_argument("--out", default="bench-results", help="folder for JSON and plots")
     bench.add_argument("--images", type=int, default=120, help="images in the throughput runs")
     bench.add_argument("--minutes", type=float, default=30, help="how long the soak runs")

@@ -4,12 +4,12 @@ import os
 
 import pytest
 
-from daas import bench
+from daas.bench import harness, measure, performance
 
 
 def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DAAS_SCALE_MAX", "1")  # one worker process: keeps the test quick on 2 cores
-    report = bench.run_all(tmp_path, 4, workers=1, baseline_sample=1, cold_images=3, burst=5, rounds=3)
+    report = performance.run_all(tmp_path, 4, workers=1, baseline_sample=1, cold_images=3, burst=5, rounds=3)
 
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written == json.loads(json.dumps(report))
@@ -64,12 +64,12 @@ def test_bench_all_on_four_images(tmp_path, monkeypatch, capsys):
         modes["burst"]["images_per_s"] / modes["one_upload"]["images_per_s"], 3)
     assert ratios["service / raw, colocated"] == round(
         modes["colocated"]["service"]["images_per_s"] / modes["colocated"]["raw"]["images_per_s"], 3)
-    assert [t["name"] for t in written["targets"]] == list(bench.TARGETS)
+    assert [t["name"] for t in written["targets"]] == list(performance.TARGETS)
     assert all(isinstance(t["met"], bool) for t in written["targets"])
     assert written["machine"]["cores"] >= 1 and written["machine"]["torch"]
 
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = bench.format_report(written)
+    table = performance.format_report(written)
     assert "service / baseline" in table and "met" in table and "colocated" in table
     assert "CPU of the worker cores per image" in table
 
@@ -79,7 +79,7 @@ def test_on_cores_pins_the_processes_started_inside():
     import sys
 
     cores = sorted(os.sched_getaffinity(0))
-    with bench.on_cores({cores[-1]}):
+    with harness.on_cores({cores[-1]}):
         child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
                                capture_output=True, text=True, check=True)
     assert child.stdout.strip() == str([cores[-1]])
@@ -87,10 +87,10 @@ def test_on_cores_pins_the_processes_started_inside():
 
 
 def test_steady_rate_counts_from_the_first_label():
-    run = bench.Run(started=0.0, first_label=1.0, finished=3.0, latencies=[1.0, 2.0, 3.0],
+    run = measure.Run(started=0.0, first_label=1.0, finished=3.0, latencies=[1.0, 2.0, 3.0],
                     results=[{}, {}, {}])
     assert run.images_per_s == 1.0 and run.steady_images_per_s == 1.0  # 2 more labels in 2 s
-    assert bench.Run(0.0, 2.0, 2.0, [2.0], [{}]).steady_images_per_s == 0.5  # one label: end to end
+    assert measure.Run(0.0, 2.0, 2.0, [2.0], [{}]).steady_images_per_s == 0.5  # one label: end to end
 
 
 def test_bench_batch_on_a_small_bucket(tmp_path, monkeypatch):

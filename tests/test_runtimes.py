@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from daas import bench, config, images, runtimes
+from daas import config, images, runtimes
 from daas.bench.gpu import photos
+from daas.bench.starts import boot
 from daas.classifier import Classifier, agreement, imagenet_labels
 from daas.runtimes import export
 from tests.conftest import skimage_photo
@@ -104,10 +105,10 @@ def test_a_worker_on_openvino_or_onnxruntime_never_imports_torch(settings):
     coffee = Path(skimage.__file__).parent / "data" / "coffee.png"
     export.onnx_file(settings)  # made by the first worker, or by Packer for the AMI
     for runtime in ("openvino", "onnxruntime"):
-        started = bench.boot(settings.with_(runtime=runtime), coffee)
+        started = boot(settings.with_(runtime=runtime), coffee)
         assert started["label"] == "espresso" and not started["torch_imported"], (runtime, started)
         assert started["resting_rss_mb"] < 400, started  # torch alone takes more (579 MB resting in the bench)
-    assert bench.boot(settings.with_(runtime="torch"), coffee)["torch_imported"]
+    assert boot(settings.with_(runtime="torch"), coffee)["torch_imported"]
 
 
 def test_export_is_made_once_and_keyed_by_the_weights(tmp_path, caplog):

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -26,7 +27,9 @@ import requests
 from PIL import Image
 
 from daas import aws, config
-from daas.bench import WORKERS_PER_CORE, classify_all, local_aws, machine, stack, start_workers, workspace
+from daas.bench.harness import WORKERS_PER_CORE, machine, workspace
+from daas.bench.measure import classify_all
+from daas.bench.stacks import local_aws, stack, start_workers
 from daas.stack import PYTHON, child_env
 
 IMAGES = 20_000
@@ -183,3 +186,10 @@ def format_report(report: dict) -> str:
         lines.append(f"the lister alone over {count} keys: {figures['seconds']} s, {figures['images_per_s']} "
                      f"images/s enqueued, peak resident memory {figures['peak_rss_mb']} MB")
     return "\n".join(lines)
+
+
+def main(args: argparse.Namespace, out: Path) -> int:
+    report = run(out)
+    print(format_report(report))
+    print(f"\nwrote {out / 'batch.json'}")
+    return 0

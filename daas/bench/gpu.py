@@ -15,6 +15,7 @@ from one run on a lent GPU machine (docs/gpu.json).
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -38,7 +39,7 @@ WARMUP = 5
 @functools.cache
 def bench_images() -> tuple[bytes, ...]:
     """The bench's distinct images (encoded once per run: the largest are re-encoded at 3000 px)."""
-    from daas.bench import build_images
+    from daas.bench.workload import build_images
 
     with tempfile.TemporaryDirectory() as folder:
         return tuple(data for _, data in build_images(Path(folder)))
@@ -48,7 +49,7 @@ def photos() -> list[bytes]:
     """The bench's distinct images, then scikit-image's sample photos."""
     import skimage
 
-    from daas.bench import SAMPLE_PHOTOS
+    from daas.bench.workload import SAMPLE_PHOTOS
 
     return [*bench_images(), *((Path(skimage.__file__).parent / "data" / name).read_bytes() for name in SAMPLE_PHOTOS)]
 
@@ -152,7 +153,7 @@ def process_counts(cores: int) -> list[int]:
 def run(out: Path) -> dict:
     import torch
 
-    from daas.bench import machine
+    from daas.bench.harness import machine
 
     if not torch.cuda.is_available():
         raise SystemExit("bench gpu needs an NVIDIA GPU that PyTorch can use (torch.cuda.is_available() is False)")
@@ -182,3 +183,10 @@ def format_report(report: dict) -> str:
         lines.append(f"{run_['processes']:>9} | {run_['chunk']:>5} | {run_['images_per_s']:>8} | "
                      f"{run_['decode_ms_per_image']:>8} | {run_['forward_ms_per_image']:>8}")
     return "\n".join(lines)
+
+
+def main(args: argparse.Namespace, out: Path) -> int:
+    report = run(out)
+    print(format_report(report))
+    print(f"\nwrote {out / 'gpu.json'}")
+    return 0

@@ -20,6 +20,7 @@ scaling bench's elastic 100-image run (docs/scaling.json) with its measured boot
 """
 from __future__ import annotations
 
+import argparse
 import heapq
 import json
 import math
@@ -530,3 +531,10 @@ def plot(report: dict, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
+
+
+def main(args: argparse.Namespace, out: Path) -> int:
+    report = run(out, worker_rate(out), scaling_report=scaling_report(out))
+    print(format_report(report))
+    print(f"\nwrote {out / 'simulate.json'} and {out / 'simulate.png'}")
+    return 0

@@ -21,6 +21,7 @@ housekeeping runs, scale-to-zero cycles, and every ERROR/CRITICAL line of every 
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import json
@@ -39,7 +40,8 @@ from pathlib import Path
 import requests
 
 from daas import aws, config, health, timeline
-from daas.bench import build_images, percentiles, wait_until, workspace
+from daas.bench.harness import percentiles, wait_until, workspace
+from daas.bench.workload import build_images
 from daas.broker import LOCAL_CREDENTIALS
 from daas.stack import PYTHON, free_port
 from daas.supervisor import answers
@@ -655,3 +657,9 @@ def run(out: Path, minutes: float = 30.0) -> dict:
         plot(report, out / "soak.png")
         return report
 
+
+def main(args: argparse.Namespace, out: Path) -> int:
+    report = run(out, minutes=args.minutes)
+    print(format_report(report))
+    print(f"\nwrote {out / 'soak.json'} and {out / 'soak.png'}")
+    return 0 if passed(report) else 1
