@@ -4,7 +4,7 @@ as the boot-aware policy (daas.scaling) says from what the controller measured (
 Scale-in never stops a busy worker: workers power themselves off when idle (daas.lifecycle), and
 at each housekeeping run `retire_surplus` asks the workers that a steady load no longer needs to
 retire (daas.scaling.surplus: they finish the task in hand, then power off). Broken workers are
-ended by the housekeeping task (daas.tasks.housekeeping), not here.
+ended by the housekeeping task (daas.control.housekeeping), not here.
 """
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ def create(settings: Settings, batch: dict) -> None:
 
 def nudge(settings: Settings) -> None:
     """Ask the controller for a batch tick now rather than at the next beat (best effort)."""
-    from daas.tasks import batch_tick
+    from daas.control import batch_tick
 
     try:
         batch_tick.apply_async(queue=settings.control_queue, expires=max(settings.batch_interval, 10.0))

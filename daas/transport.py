@@ -10,7 +10,7 @@ whose bindings live in each process: Flower sees no workers and no tasks. This s
 - deletes without an event loop for synchronous consumers (the `inspect` CLI, Flower's thread);
 - emulates AMQP auto-delete: per-process queues (pidbox, event receivers) and their SNS
   subscriptions are removed when the process closes its channel or exits. What a killed process
-  leaves behind is swept by `daas.tasks.housekeeping`, which knows a live owner by the lease it
+  leaves behind is swept by `daas.control.housekeeping`, which knows a live owner by the lease it
   renews on its queues (daas.leases) from a thread of this process. A queue deleted so is gone for
   the channel: a consumer thread still running (Flower's, at exit) neither re-creates it nor fails
   acking what it received from it.

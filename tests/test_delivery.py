@@ -67,7 +67,7 @@ def test_a_long_task_runs_once_and_its_busy_worker_lives_through_housekeeping(lo
     one, against a 2-second visibility timeout) on one of two workers: the busy worker keeps its
     message invisible and keeps beating while the task runs, so the other never gets the message,
     and housekeeping leaves the busy worker and its pidbox alone."""
-    from daas import tasks
+    from daas import control
     from daas.providers import LocalProvider
 
     settings = make_settings(local_aws, tmp_path, visibility_timeout=2, heartbeat_interval=1, images_per_task=30,
@@ -81,9 +81,9 @@ def test_a_long_task_runs_once_and_its_busy_worker_lives_through_housekeeping(lo
         wait_for(lambda: task_lines(tmp_path / "logs", "received"), 60, "a worker to take the task")
         started = time.monotonic()
         while not service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "done":
-            ended, live = tasks.end_broken_workers(settings, LocalProvider(settings))
+            ended, live = control.end_broken_workers(settings, LocalProvider(settings))
             assert ended == {} and len(live) == 2, (ended, live)
-            assert tasks.sweep(settings) == []  # its leases expire 2.5 s after their last renewal
+            assert control.sweep(settings) == []  # its leases expire 2.5 s after their last renewal
             time.sleep(0.5)
         assert time.monotonic() - started > 2 * settings.visibility_timeout, "the task should outlast the timeout"
         assert len(task_lines(tmp_path / "logs", "received")) == 1
@@ -95,7 +95,7 @@ def test_a_long_task_runs_once_and_its_busy_worker_lives_through_housekeeping(lo
 def test_a_stalled_worker_is_ended_and_the_images_it_held_come_back(local_aws, tmp_path):
     """SIGSTOP: the process lives but does nothing. Its messages come back after the visibility
     timeout (nobody extends them), and housekeeping ends it once it missed its heartbeats."""
-    from daas import tasks
+    from daas import control
     from daas.providers import LocalProvider
 
     settings = make_settings(local_aws, tmp_path, visibility_timeout=3, heartbeat_interval=1)
@@ -110,7 +110,7 @@ def test_a_stalled_worker_is_ended_and_the_images_it_held_come_back(local_aws, t
         done = service.wait_job(job["job_id"], timeout=120)
         assert {image["status"] for image in done["images"]} == {"done"}
         assert all(image["worker"] for image in done["images"])
-        ended = wait_for(lambda: tasks.end_broken_workers(settings, LocalProvider(settings))[0], 30,
+        ended = wait_for(lambda: control.end_broken_workers(settings, LocalProvider(settings))[0], 30,
                          "housekeeping to end the stalled worker")
         assert list(ended) == [str(stuck.pid)] and "no heartbeat" in ended[str(stuck.pid)]
         assert stuck.wait(10) == -signal.SIGKILL and rescuer.poll() is None
@@ -120,7 +120,7 @@ def test_a_foreign_message_is_dead_lettered_and_no_worker_crashes(local_aws, tmp
     import base64
     import json
 
-    from daas import tasks
+    from daas import control
 
     settings = make_settings(local_aws, tmp_path, visibility_timeout=1)
     with Stack(settings, log_dir=tmp_path / "logs") as stack:
@@ -137,14 +137,14 @@ def test_a_foreign_message_is_dead_lettered_and_no_worker_crashes(local_aws, tmp
         log = (tmp_path / "logs" / "worker.log").read_text()
         assert log.count("rejected a message that is not a daas task") == 2 * settings.max_receives
         assert "Unrecoverable" not in log and "CRITICAL" not in log and "Traceback" not in log
-        assert tasks.reap(settings) == 0 and dead_letters(settings) == 0
+        assert control.reap(settings) == 0 and dead_letters(settings) == 0
 
 
 def test_a_failure_that_cannot_be_recorded_waits_for_storage_in_the_dead_letter_queue(local_aws, tmp_path):
     """The worker's output bucket does not exist (storage down for it): the task fails on every
     delivery, its message is never acknowledged and ends in the dead-letter queue, the job stays
     queued, nothing is lost; the reaper records the failure once it can write."""
-    from daas import tasks
+    from daas import control
     from daas.stack import PYTHON
 
     settings = make_settings(local_aws, tmp_path, visibility_timeout=1)
@@ -155,7 +155,7 @@ def test_a_failure_that_cannot_be_recorded_waits_for_storage_in_the_dead_letter_
         wait_for(lambda: dead_letters(settings) == 1, 90, "the message in the dead-letter queue")
         assert service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "queued"
         assert worker.poll() is None
-        assert tasks.reap(settings) == 1
+        assert control.reap(settings) == 1
         image = service.wait_job(job["job_id"], timeout=10)["images"][0]
         assert image["status"] == "error" and "3 attempts failed" in image["error"]
 
@@ -188,7 +188,7 @@ def test_a_heartbeat_put_that_s3_holds_delays_neither_the_visibility_extension_n
     a thread of its own and the PUT gives up within a round, so no second worker gets the task's
     message (it runs once), and the next beats keep both records fresh (housekeeping ends no one).
     Before: one thread did both, with botocore's 60 s timeouts; the held PUT stopped the extension."""
-    from daas import tasks
+    from daas import control
     from daas.providers import LocalProvider
     from tests.aws_proxy import AwsProxy, Rule
 
@@ -203,7 +203,7 @@ def test_a_heartbeat_put_that_s3_holds_delays_neither_the_visibility_extension_n
             wait_for(lambda: task_lines(tmp_path / "logs", "received"), 60, "a worker to take the task")
             proxy.add(Rule("PUT", f"/{settings.output_bucket}/{fleet.PREFIX}", hold=30, once_per_path=True))
             while not service.http.get(f"{service.url}/api/jobs/{job['job_id']}").json()["status"] == "done":
-                ended, live = tasks.end_broken_workers(settings, LocalProvider(settings))
+                ended, live = control.end_broken_workers(settings, LocalProvider(settings))
                 assert ended == {} and len(live) == 2, (ended, live)
                 time.sleep(0.5)
             finished = time.time()

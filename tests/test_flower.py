@@ -80,7 +80,7 @@ def test_flower_sees_workers_and_tasks_and_nothing_is_left_behind(local_aws, tmp
 
 
 def test_sweeper_removes_what_a_killed_worker_left_and_keeps_live_queues_however_full(local_aws, tmp_path):
-    from daas import leases, tasks
+    from daas import control, leases
 
     settings = make_settings(local_aws, tmp_path, queue_lease_interval=0.5)  # leases expire after 2.5 s
     with Stack(settings, log_dir=tmp_path / "logs") as stack:
@@ -101,7 +101,7 @@ def test_sweeper_removes_what_a_killed_worker_left_and_keeps_live_queues_however
                                                           for i in range(start, start + 10)])
         time.sleep(settings.queue_lease_expiry + 0.5)  # the killed worker's pidbox lease runs out
         leases.renew(sqs, live, settings.stack)
-        removed = tasks.sweep(settings)
+        removed = control.sweep(settings)
     assert any(f"worker-{worker.pid}" in name for name in removed)
     assert {reply.rsplit("/", 1)[1], stale.rsplit("/", 1)[1]} <= set(removed)
     assert stack_queues(settings) == {live.rsplit("/", 1)[1]} and subscriptions(settings) == []
@@ -110,7 +110,7 @@ def test_sweeper_removes_what_a_killed_worker_left_and_keeps_live_queues_however
 def test_two_stacks_whose_names_end_alike_sweep_only_their_own_queues(local_aws, tmp_path):
     """`prod-<x>` beside `<x>` in one account: each stack's housekeeping runs while both have a live
     worker; both keep their workers' queues (the old name pattern made `<x>` delete `prod-<x>`'s)."""
-    from daas import tasks
+    from daas import control
 
     base = f"t{uuid.uuid4().hex[:8]}"
     stacks = [make_settings(local_aws, tmp_path / name, stack=name, queue_lease_interval=0.5, heartbeat_interval=0.5)
@@ -123,7 +123,7 @@ def test_two_stacks_whose_names_end_alike_sweep_only_their_own_queues(local_aws,
         deadline = time.monotonic() + 3 * stacks[0].queue_lease_expiry
         while time.monotonic() < deadline:  # several sweeps, each past a whole lease expiry
             for settings in stacks:
-                assert tasks.sweep(settings) == [], settings.stack
+                assert control.sweep(settings) == [], settings.stack
             time.sleep(0.5)
         for settings in stacks:
             assert pidboxes[settings.stack] <= stack_queues(settings)
@@ -131,14 +131,14 @@ def test_two_stacks_whose_names_end_alike_sweep_only_their_own_queues(local_aws,
 
 
 def test_the_sweeper_reads_every_page_of_the_queue_listing(local_aws, tmp_path):
-    from daas import leases, tasks
+    from daas import control, leases
 
     settings = make_settings(local_aws, tmp_path)
     sqs, old = aws.client("sqs", settings), leases.tags(settings.stack, now=time.time() - 3600)
     names = {f"{settings.stack}-celeryev-{uuid.uuid4()}" for _ in range(12)}
     for name in names:
         sqs.create_queue(QueueName=name, tags=old)
-    assert set(tasks.sweep(settings, page_size=5)) == names
+    assert set(control.sweep(settings, page_size=5)) == names
 
 
 def test_a_queue_is_an_orphan_only_when_its_own_stack_stopped_renewing_it():

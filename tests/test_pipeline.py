@@ -151,7 +151,7 @@ def test_a_poison_message_ends_as_an_error_not_an_endless_retry(no_workers):
     """A message whose worker dies on every delivery is dead-lettered by SQS after max_receives
     deliveries; the controller's reaper turns it into error results for the job, except where the
     chunk's results were stored before the worker died."""
-    from daas import tasks
+    from daas import control
 
     cfg = no_workers.settings
     sqs, url = aws.client("sqs", cfg), aws.queue_url(cfg, cfg.queue)
@@ -165,7 +165,7 @@ def test_a_poison_message_ends_as_an_error_not_an_endless_retry(no_workers):
         got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, VisibilityTimeout=0, MaxNumberOfMessages=10)
         assert len(got.get("Messages", [])) == 2, "the messages should be redelivered until they are dead-lettered"
     assert not sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages")
-    assert tasks.reap(cfg) == 2
+    assert control.reap(cfg) == 2
     assert no_workers.wait_job(stored["job_id"], timeout=10)["images"][0]["error"] == "kept"
     done = no_workers.wait_job(poison["job_id"], timeout=10)
     assert [image["status"] for image in done["images"]] == ["error", "error"]

@@ -363,7 +363,7 @@ def _state(settings: config.Settings, instance_id: str) -> str:
 
 
 def test_instances_that_never_join_or_stop_beating_are_terminated(local_aws, tmp_path, network):
-    from daas import tasks
+    from daas import control
 
     settings = make_settings(local_aws, tmp_path, provider="ec2", ec2_join_timeout=1, heartbeat_interval=1, **network)
     provider = EC2Provider(settings)
@@ -373,11 +373,11 @@ def test_instances_that_never_join_or_stop_beating_are_terminated(local_aws, tmp
     _joined(settings, silent)
     time.sleep(1.5)  # past the join timeout: `never` sent no heartbeat
     _joined(settings, healthy)
-    ended, _ = tasks.end_broken_workers(settings, provider)
+    ended, _ = control.end_broken_workers(settings, provider)
     assert set(ended) == {never} and "never joined" in ended[never]
     time.sleep(3.2)  # `silent` misses three heartbeats (1 s apart); `healthy` beats on
     _joined(settings, healthy)
-    ended, live = tasks.end_broken_workers(settings, provider)
+    ended, live = control.end_broken_workers(settings, provider)
     assert set(ended) == {silent} and "no heartbeat" in ended[silent]
     assert {_state(settings, i) for i in (never, silent)} <= {"shutting-down", "terminated"}
     assert _state(settings, healthy) == "running" and provider.counts() == (1, 0)
@@ -386,15 +386,15 @@ def test_instances_that_never_join_or_stop_beating_are_terminated(local_aws, tmp
 
 
 def test_an_instance_past_its_lifetime_is_terminated(local_aws, tmp_path, network):
-    from daas import tasks
+    from daas import control
 
     settings = make_settings(local_aws, tmp_path, provider="ec2", ec2_join_timeout=1, max_lifetime=1, **network)
     provider = EC2Provider(settings)
     provider.launch(1)
     [instance] = [i["InstanceId"] for i in _instances(settings)]
     _joined(settings, instance)
-    assert tasks.end_broken_workers(settings, provider)[0] == {}
+    assert control.end_broken_workers(settings, provider)[0] == {}
     time.sleep(2.1)
     _joined(settings, instance)  # alive and beating, but too old
-    ended, _ = tasks.end_broken_workers(settings, provider)
+    ended, _ = control.end_broken_workers(settings, provider)
     assert "DAAS_MAX_LIFETIME" in ended[instance]

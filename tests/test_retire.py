@@ -10,7 +10,7 @@ from daas import aws, fleet, jobs
 from daas.autoscale import retire_surplus
 from daas.observed import Observed
 from daas.providers import LocalProvider
-from daas.tasks import learn_worker_rates
+from daas.control import learn_worker_rates
 from tests.conftest import make_settings, send_from_this_process, skimage_photo, wait_for
 from tests.test_interruption import _records, _worker
 
