@@ -106,3 +106,23 @@ def test_bench_batch_on_a_small_bucket(tmp_path, monkeypatch):
     assert report["lister"]["100"]["enqueued"] == 100
     assert all(figures["peak_rss_mb"] > 0 for figures in report["lister"].values())
     assert "the lister alone over 150 keys" in batch.format_report(report)
+
+
+def test_every_benchmark_runs_through_one_entry_point_and_a_failed_soak_fails_it(tmp_path, monkeypatch, capsys):
+    import argparse
+    import importlib
+
+    from daas import bench
+    from daas.bench import soak
+
+    for name in bench.BENCHMARKS.values():  # what daas.bench.main asks of each benchmark's module
+        module = importlib.import_module(f"daas.bench.{name}")
+        assert callable(module.run_from) and callable(module.format_report) and module.OUTPUTS, name
+    args = argparse.Namespace(which="soak", out=str(tmp_path), minutes=0.1, images=1)
+    monkeypatch.setattr(soak, "run_from", lambda args, out: {"minutes": args.minutes, "out": out})
+    monkeypatch.setattr(soak, "format_report", lambda report: f"soak of {report['minutes']} min")
+    for verdict, status in ((True, 0), (False, 1)):
+        monkeypatch.setattr(soak, "passed", lambda report: verdict)
+        assert bench.main(args) == status
+        printed = capsys.readouterr().out
+        assert "soak of 0.1 min" in printed and f"wrote {tmp_path / 'soak.json'} and {tmp_path / 'soak.png'}" in printed

@@ -45,7 +45,12 @@ BENCHMARKS = {"all": "performance", "scaling": "scaling", "soak": "soak", "batch
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the benchmark `args.which` names: its module's `main(args, out)` runs it, prints its
-    report and the files it wrote, and returns the exit status (the soak's is 1 where it failed)."""
+    """Run the benchmark `args.which` names, print its report and the files it wrote. Each module of
+    BENCHMARKS has `run_from(args, out)` (the report), `format_report(report)` and OUTPUTS (the files
+    it writes); one with `passed(report)` (the soak) fails the command where that is false."""
     module = importlib.import_module(f"daas.bench.{BENCHMARKS[args.which]}")
-    return module.main(args, Path(args.out))
+    out = Path(args.out)
+    report = module.run_from(args, out)
+    print(module.format_report(report))
+    print(f"\nwrote {' and '.join(str(out / name) for name in module.OUTPUTS)}")
+    return 0 if getattr(module, "passed", lambda _: True)(report) else 1

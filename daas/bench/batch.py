@@ -188,8 +188,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace, out: Path) -> int:
-    report = run(out)
-    print(format_report(report))
-    print(f"\nwrote {out / 'batch.json'}")
-    return 0
+OUTPUTS = ("batch.json",)  # what run_from writes in its folder
+
+
+def run_from(args: argparse.Namespace, out: Path) -> dict:
+    """The report of `python -m daas bench batch` (daas.bench.main prints it)."""
+    return run(out)

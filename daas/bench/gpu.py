@@ -185,8 +185,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace, out: Path) -> int:
-    report = run(out)
-    print(format_report(report))
-    print(f"\nwrote {out / 'gpu.json'}")
-    return 0
+OUTPUTS = ("gpu.json",)  # what run_from writes in its folder
+
+
+def run_from(args: argparse.Namespace, out: Path) -> dict:
+    """The report of `python -m daas bench gpu` (daas.bench.main prints it)."""
+    return run(out)

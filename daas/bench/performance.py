@@ -216,8 +216,9 @@ def plot_bench(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(args: argparse.Namespace, out: Path) -> int:
-    report = run_all(out, args.images)
-    print(format_report(report))
-    print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
-    return 0
+OUTPUTS = ("bench.json", "bench.png")  # what run_from writes in its folder
+
+
+def run_from(args: argparse.Namespace, out: Path) -> dict:
+    """The report of `python -m daas bench all` (daas.bench.main prints it)."""
+    return run_all(out, args.images)

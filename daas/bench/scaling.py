@@ -57,7 +57,7 @@ def run_scaling(out: Path, sizes: tuple[int, ...] = (10, 30, 100), plot_size: in
     return report
 
 
-def format_scaling(report: dict) -> str:
+def format_report(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     lines = [f"{m['cpu']} ({m['cores']} cores), {m['inference_threads']} inference thread(s) per worker",
              "",
@@ -70,8 +70,9 @@ def format_scaling(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace, out: Path) -> int:
-    report = run_scaling(out)
-    print(format_scaling(report))
-    print(f"\nwrote {out / 'scaling.json'} and {out / 'scaling.png'}")
-    return 0
+OUTPUTS = ("scaling.json", "scaling.png")  # what run_from writes in its folder
+
+
+def run_from(args: argparse.Namespace, out: Path) -> dict:
+    """The report of `python -m daas bench scaling` (daas.bench.main prints it)."""
+    return run_scaling(out)

@@ -533,8 +533,9 @@ def plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def main(args: argparse.Namespace, out: Path) -> int:
-    report = run(out, worker_rate(out), scaling_report=scaling_report(out))
-    print(format_report(report))
-    print(f"\nwrote {out / 'simulate.json'} and {out / 'simulate.png'}")
-    return 0
+OUTPUTS = ("simulate.json", "simulate.png")  # what run_from writes in its folder
+
+
+def run_from(args: argparse.Namespace, out: Path) -> dict:
+    """The report of `python -m daas bench simulate` (daas.bench.main prints it)."""
+    return run(out, worker_rate(out), scaling_report=scaling_report(out))

@@ -658,8 +658,9 @@ def run(out: Path, minutes: float = 30.0) -> dict:
         return report
 
 
-def main(args: argparse.Namespace, out: Path) -> int:
-    report = run(out, minutes=args.minutes)
-    print(format_report(report))
-    print(f"\nwrote {out / 'soak.json'} and {out / 'soak.png'}")
-    return 0 if passed(report) else 1
+OUTPUTS = ("soak.json", "soak.png")  # what run_from writes in its folder
+
+
+def run_from(args: argparse.Namespace, out: Path) -> dict:
+    """The report of `python -m daas bench soak` (daas.bench.main prints it)."""
+    return run(out, minutes=args.minutes)
