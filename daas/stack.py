@@ -66,17 +66,17 @@ class Stack:
     commands: dict[str, tuple[list[str], dict | None]] = field(default_factory=dict)
     restarts: dict[str, list[float]] = field(default_factory=dict)
     _group: int | None = None
-    _endpoint: subprocess.Popen | None = None
+    endpoint: subprocess.Popen | None = None  # the local AWS endpoint's process, while it runs
 
     # -- the local AWS endpoint ------------------------------------------------------------
     def start_local_aws(self) -> str:
         """Start moto in server mode on loopback and point the settings at it."""
         port = self.settings.aws_port
-        self._endpoint = subprocess.Popen(
+        self.endpoint = subprocess.Popen(
             [PYTHON, "-m", "daas.local_endpoint", "-H", "127.0.0.1", "-p", str(port)],
             stdout=self._log("aws"), stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/moto-api/", 30, self._endpoint)
+        wait_for_http(f"{url}/moto-api/", 30, self.endpoint)
         self.settings = self.settings.with_(aws_endpoint=url)
         # This process talks to it too (creating buckets and queues), with throwaway credentials.
         os.environ.update(AWS_ACCESS_KEY_ID=LOCAL_CREDENTIALS[0], AWS_SECRET_ACCESS_KEY=LOCAL_CREDENTIALS[1])
@@ -146,13 +146,13 @@ class Stack:
             _wait_group(self._group, list(self.processes.values()), timeout)
             _signal_group(self._group, signal.SIGKILL)
             self._group = None
-        if self._endpoint:
+        if self.endpoint:
             # SIGINT: its worker ends at once, open long polls or not (daas.serving.exit_at_once).
-            _signal_group(self._endpoint.pid, signal.SIGINT)
-            _wait_group(self._endpoint.pid, [self._endpoint], 10)
-            _signal_group(self._endpoint.pid, signal.SIGKILL)
-            self._endpoint.wait()
-            self._endpoint = None
+            _signal_group(self.endpoint.pid, signal.SIGINT)
+            _wait_group(self.endpoint.pid, [self.endpoint], 10)
+            _signal_group(self.endpoint.pid, signal.SIGKILL)
+            self.endpoint.wait()
+            self.endpoint = None
 
     def _log(self, name: str):
         if self.log_dir is None:

@@ -104,7 +104,7 @@ def test_an_endpoint_with_open_long_polls_stops_at_once(tmp_path):
     killed it (daas.serving.exit_at_once)."""
     stack = Stack(config.Settings(aws_port=free_port(), state_dir=tmp_path), log_dir=tmp_path)
     stack.start_local_aws()
-    endpoint = stack._endpoint
+    endpoint = stack.endpoint
     sqs = aws.client("sqs", stack.settings)
     queue = sqs.create_queue(QueueName="polled")["QueueUrl"]
     polls = [threading.Thread(target=_poll, args=(sqs, queue), daemon=True) for _ in range(3)]
