@@ -30,6 +30,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from daas import jobs, replies, storage
 from daas.config import Settings
 
 log = logging.getLogger(__name__)
@@ -124,25 +125,24 @@ class Coalescer:
         return [ticket.accepted[0] for ticket in kept]
 
     def _commit(self, group: list[Ticket]) -> None:
-        from daas.jobs import Rejected, enqueue, not_queued
-
         by_id = {ticket.image_id: ticket for ticket in group}
         try:
-            job, keys, errors = enqueue(self.settings, [ticket.accepted for ticket in group], owner=group[0].owner,
-                                        keep=lambda stored: self._seal([by_id[image["id"]] for image in stored]))
+            job, keys, errors = jobs.enqueue(
+                self.settings, [ticket.accepted for ticket in group], owner=group[0].owner,
+                keep=lambda stored: self._seal([by_id[image["id"]] for image in stored]))
             for image_id, ticket in by_id.items():
                 if image_id in keys:
                     ticket.job_id, ticket.key = job["job_id"], keys[image_id]
                 else:
-                    ticket.error = Rejected(errors[image_id], 503)
-        except Rejected as exc:  # the job could not be stored: nothing was sent
+                    ticket.error = jobs.Rejected(errors[image_id], 503)
+        except jobs.Rejected as exc:  # the job could not be stored: nothing was sent
             for ticket in group:
                 ticket.error = exc
         except Exception as exc:  # unforeseen: each request not answered yet answers with it
             log.exception("committing %d images failed", len(group))
             for ticket in group:
                 if not (ticket.key or ticket.error):
-                    ticket.error = Rejected(not_queued(repr(exc)), 503)
+                    ticket.error = jobs.Rejected(jobs.not_queued(repr(exc)), 503)
         finally:  # a sealed request waits without a deadline: it must always be woken
             for ticket in group:
                 ticket.done.set()
@@ -151,3 +151,21 @@ class Coalescer:
 @functools.cache
 def for_settings(settings: Settings) -> Coalescer:
     return Coalescer(settings)
+
+
+def classify_one(settings: Settings, upload: jobs.Upload, client: str = "",
+                 owner: str = "") -> tuple[str, dict, dict | None]:
+    """Classify one image and wait for its result: (its job id, the image, its result or None on
+    timeout), the synchronous contract. Concurrent requests of one client share jobs and tasks
+    (the Coalescer above); the result is pushed to this process (daas.replies), the output bucket is
+    only the fallback. Rejected (503) when the image could not be queued."""
+    accepted, _ = jobs.check(settings, [upload])
+    try:
+        job_id, key = for_settings(settings).enqueue(client, accepted[0], owner)
+    except TimeoutError as exc:
+        raise jobs.Rejected(f"the service could not store the image in time ({exc}): retry later", 503) from exc
+    image = accepted[0][0]
+    found = replies.for_settings(settings).wait(key, lambda: storage.get_results(settings, key),
+                                                settings.result_timeout)
+    result = next((r for r in found or [] if r["id"] == image["id"]), None)
+    return job_id, image, result

@@ -280,23 +280,3 @@ def status(settings: Settings, job_id: str, owner: str = "") -> dict | None:
     if manifest.get("callback_url") and state == "done":  # no call while it runs: nothing to show yet
         job["callback"] = callbacks.outcome(settings, "job", job_id)
     return job
-
-
-def classify_one(settings: Settings, upload: Upload, client: str = "",
-                 owner: str = "") -> tuple[str, dict, dict | None]:
-    """Classify one image and wait for its result: (its job id, the image, its result or None on
-    timeout), the synchronous contract. Concurrent requests of one client share jobs and tasks
-    (daas.coalesce); the result is pushed to this process (daas.replies), the output bucket is
-    only the fallback. Rejected (503) when the image could not be queued."""
-    from daas.coalesce import for_settings as coalescer
-
-    accepted, _ = check(settings, [upload])
-    try:
-        job_id, key = coalescer(settings).enqueue(client, accepted[0], owner)
-    except TimeoutError as exc:
-        raise Rejected(f"the service could not store the image in time ({exc}): retry later", 503) from exc
-    image = accepted[0][0]
-    found = replies.for_settings(settings).wait(key, lambda: storage.get_results(settings, key),
-                                                settings.result_timeout)
-    result = next((r for r in found or [] if r["id"] == image["id"]), None)
-    return job_id, image, result

@@ -6,7 +6,7 @@ from pathlib import PurePath
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
 
-from daas import aws, jobs, metrics, replies
+from daas import aws, coalesce, jobs, metrics, replies
 from web import auth
 from daas.config import Settings
 
@@ -118,7 +118,7 @@ def classify_sync():
     if len(uploads) != 1:
         return text("send exactly one file in the form field 'myfile'", 400)
     try:
-        job_id, image, result = jobs.classify_one(settings(), uploads[0], auth.client_id(), auth.owner())
+        job_id, image, result = coalesce.classify_one(settings(), uploads[0], auth.client_id(), auth.owner())
     except jobs.Rejected as exc:
         return text(f"{jobs.display_name(uploads[0].name)}: {exc}", exc.status)
     metrics.images_accepted.inc()  # counted once answered: it was queued, or Rejected above
