@@ -119,9 +119,8 @@ def retire_surplus(settings: config.Settings, records: dict[str, dict[str, dict]
 
 
 # After EC2 refuses a launch (no capacity, a vCPU quota, throttling) the next tries wait longer and
-# longer, up to this many seconds, and the refusal is in every tick meanwhile: a tick is recorded
+# longer, up to MAX_LAUNCH_BACKOFF seconds, and the refusal is in every tick meanwhile: a tick is recorded
 # whatever happens (issue 17: an unrecorded tick made /healthz take the only web host out).
-MAX_LAUNCH_BACKOFF = 300.0
 _refusals = {"count": 0, "retry_at": 0.0, "reason": ""}
 
 
@@ -137,7 +136,7 @@ def _launch(workers: Provider, count: int, interval: float) -> tuple[int, str]:
         workers.launch(count)
     except Exception as exc:  # a refused launch: recorded, retried later, never fatal to the tick
         _refusals["count"] += 1
-        delay = min(MAX_LAUNCH_BACKOFF, interval * 2 ** _refusals["count"])
+        delay = min(config.MAX_LAUNCH_BACKOFF, interval * 2 ** _refusals["count"])
         _refusals.update(retry_at=time.time() + delay, reason=f"{type(exc).__name__}: {exc}"[:500])
         log.warning("could not launch %d workers (next try in %.0f s): %s", count, delay, _refusals["reason"])
         metrics.launch_refusals.inc()

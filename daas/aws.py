@@ -7,7 +7,7 @@ import json
 import boto3
 from botocore.config import Config
 
-from daas.config import Settings
+from daas.config import DUTY_TIMEOUT_MAX, DUTY_TIMEOUT_MIN, Settings
 
 # Enough pooled connections for the web tier's upload threads and concurrent /classify waits.
 _CLIENT_CONFIG = Config(max_pool_connections=64, retries={"max_attempts": 4, "mode": "standard"})
@@ -35,11 +35,9 @@ def client(service: str, settings: Settings):
 # held the worker's duties long enough for a held message to reappear for a second worker, which ran
 # the task again, and for the controller to end the worker as dead (issue 16). So duty calls give up
 # within one round: connect and read each within half a round, one attempt (a retry would come no
-# sooner than the next round), between these bounds. The floor spares short rounds (test settings)
+# sooner than the next round), between DUTY_TIMEOUT_MIN and _MAX. The floor spares short rounds (test settings)
 # spurious timeouts: the local endpoint took at most 8 ms on these calls during the delivery tests
 # (its access log); the ceiling is far above what S3 and SQS take for a request this small.
-DUTY_TIMEOUT_MIN = 1.0
-DUTY_TIMEOUT_MAX = 5.0
 
 
 def duty_timeout(every: float) -> float:

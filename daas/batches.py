@@ -37,7 +37,7 @@ from botocore.exceptions import ClientError
 
 from daas import aws, broker, jobs, storage
 from daas.aws import client
-from daas.config import Settings
+from daas.config import BATCH_LIST_BUDGET, Settings
 from daas.jobs import Rejected
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 TASK = "daas.classify_objects"
 ACTIVE = "batches/active/"
 PAGE_KEYS = 1000  # ListObjectsV2's most keys per call
-LIST_BUDGET = 20.0  # seconds one tick lists a batch before the next batch (and the next tick) get a turn
 # Where a batch's results may go in the output bucket: the only prefix (with the markers) that the
 # workers' role may write for batches (daas/cloudformation.yaml), so no batch overwrites the service's own.
 OUTPUT_ROOT = "batch-results/"
@@ -201,7 +200,7 @@ def cancelled(settings: Settings, batch_id: str) -> bool:
     return exists(settings, cancel_key(batch_id))
 
 
-def advance(settings: Settings, batch: dict, budget: float = LIST_BUDGET) -> dict:
+def advance(settings: Settings, batch: dict, budget: float = BATCH_LIST_BUDGET) -> dict:
     """List and enqueue more of a batch, for up to `budget` seconds; stops at a cancel. A page is
     enqueued only while fewer than DAAS_BATCH_QUEUE_AHEAD messages wait in the classify queue: a
     batch of millions never stands in one block before the jobs uploaded after it, and a cancel
@@ -371,7 +370,7 @@ def active(settings: Settings) -> list[str]:
 
 
 def tick(settings: Settings) -> dict[str, str]:
-    """The controller's turn over the active batches: list more of each (LIST_BUDGET seconds), and
+    """The controller's turn over the active batches: list more of each (BATCH_LIST_BUDGET seconds), and
     finish those whose chunks all finished (or that were cancelled). Returns {batch id: its status}
     (`listing` while its listing goes on)."""
     seen = {}

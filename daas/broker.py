@@ -9,10 +9,9 @@ from kombu.transport.SQS import CHARS_REPLACE_TABLE
 from kombu.utils.url import safequote
 
 from daas import aws, leases
-from daas.config import Settings
+from daas.config import CONSUMER_LONG_POLL, Settings
 
 LOCAL_CREDENTIALS = ("testing", "testing")  # the local endpoint accepts any credentials
-LONG_POLL_SECONDS = 10
 
 
 def broker_url(settings: Settings) -> str:
@@ -60,7 +59,7 @@ def transport_options(settings: Settings) -> dict:
         "is_secure": not settings.aws_endpoint.startswith("http://"),
         # Long polling: a receive returns as soon as a message arrives, else after 10 s; no
         # extra sleep after an empty poll, so a new message is never left waiting.
-        "wait_time_seconds": LONG_POLL_SECONDS,
+        "wait_time_seconds": CONSUMER_LONG_POLL,
         "polling_interval": 0,
         # Only used when kombu itself creates a queue; ours are created by `daas init` with
         # the same timeout. It must exceed the longest task plus its time waiting in prefetch.

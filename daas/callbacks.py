@@ -34,14 +34,12 @@ import requests
 
 from daas import storage
 from daas.aws import client
-from daas.config import Settings
+from daas.config import CALLBACK_ATTEMPT_TIMEOUT, CALLBACK_FIRST_WAIT, CALLBACK_LONGEST_WAIT, Settings
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Daas-Signature"
 PENDING, OUTCOME = "callbacks/pending/", "callbacks/outcome/"
-FIRST_WAIT, LONGEST_WAIT = 1.0, 60.0
-ATTEMPT_TIMEOUT = 10.0
 
 
 class Refused(ValueError):
@@ -100,16 +98,16 @@ def outcome(settings: Settings, kind: str, item_id: str) -> dict:
 
 def deliver(settings: Settings, url: str, secret: str, summary: dict, sleep=time.sleep) -> dict:
     """POST `summary` until a 2xx answers, waiting between attempts up to DAAS_CALLBACK_TIMEOUT
-    seconds in all (each attempt itself at most ATTEMPT_TIMEOUT): the outcome."""
+    seconds in all (each attempt itself at most CALLBACK_ATTEMPT_TIMEOUT): the outcome."""
     body = json.dumps(summary).encode()
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, body),
                "User-Agent": "daas-callback/1"}
-    waited, wait, attempts, error = 0.0, FIRST_WAIT, 0, ""
+    waited, wait, attempts, error = 0.0, CALLBACK_FIRST_WAIT, 0, ""
     while True:
         attempts += 1
         try:
             check_url(settings, url)  # again: the name may point elsewhere by now
-            answer = requests.post(url, data=body, headers=headers, timeout=ATTEMPT_TIMEOUT, allow_redirects=False)
+            answer = requests.post(url, data=body, headers=headers, timeout=CALLBACK_ATTEMPT_TIMEOUT, allow_redirects=False)
             if 200 <= answer.status_code < 300:
                 return {"status": "delivered", "url": url, "attempts": attempts, "at": time.time(),
                         "http_status": answer.status_code}
@@ -120,7 +118,7 @@ def deliver(settings: Settings, url: str, secret: str, summary: dict, sleep=time
             return {"status": "failed", "url": url, "attempts": attempts, "at": time.time(), "error": error}
         sleep(wait)
         waited += wait
-        wait = min(wait * 2, LONGEST_WAIT)
+        wait = min(wait * 2, CALLBACK_LONGEST_WAIT)
 
 
 _delivering: set[str] = set()

@@ -374,5 +374,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return args.func(args)
+    try:  # the parser reads the settings too (its defaults)
+        args = parser().parse_args(argv)
+        return args.func(args)
+    except config.ConfigError as exc:  # a person's setting: say which and why, not a traceback
+        print(f"daas: {exc}", file=sys.stderr)
+        return 2

@@ -11,10 +11,54 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 MB = 1024 * 1024
-MISSED_RENEWALS = 5  # a per-process queue's lease (daas.leases) survives a throttled or briefly stopped owner
+
+# -- Timings that are not settings --------------------------------------------------------------
+# Seconds unless named otherwise; each group beside the settings it must agree with (Settings.check
+# refuses the pairs a setting could break). The modules named say why where a value was measured.
+
+# Consumers (workers, the controller) and their watchdog (daas.watchdog), beside stall_timeout:
+CONSUMER_LONG_POLL = 10  # an idle consumer's ReceiveMessage wait (SQS's most is 20); a completed poll is progress
+STALL_POLLS = 2  # stall_timeout holds at least this many long polls: one slow poll never ends a consumer
+STARTUP_TIMEOUT = 300.0  # from a consumer's start to consuming (model load, first connection), as systemd's TimeoutStartSec
+# A worker's duties (daas.lifecycle), beside heartbeat_interval and visibility_timeout:
 MISSED_HEARTBEATS = 3  # "several missed heartbeats": one lost PUT or a slow second never kills a worker
+EXTENSIONS_PER_VISIBILITY = 4  # a held message's visibility is pushed back 4 times per visibility_timeout
+DUTY_TIMEOUT_MIN, DUTY_TIMEOUT_MAX = 1.0, 5.0  # a duty call's connect and read timeout (daas.aws.duty_timeout)
+IMDS_POLL = 5.0  # how often a worker asks the instance metadata for a spot notice (AWS's advice)
+IMDS_TOKEN_TTL = 21600  # an IMDSv2 session token's life (AWS's most)
+# SQS's limits that settings meet (AWS refuses more; the local endpoint does not always):
+SQS_MAX_VISIBILITY = 43200  # 12 h: a message's visibility, however many times it is extended
+SQS_MAX_RECEIVE_COUNT = 1000  # a redrive policy's maxReceiveCount
+# Per-process queues' leases (daas.leases), beside queue_lease_interval:
+MISSED_RENEWALS = 5  # a lease survives a throttled or briefly stopped owner
+# The web tier, beside result_timeout:
+REPLY_LONG_POLL = 20  # a reply queue's ReceiveMessage wait (daas.replies)
+REPLY_FALLBACK_EVERY = 10.0  # a waiter that has heard nothing this long also reads the output bucket
+GRACEFUL_MARGIN = 10.0  # on top of result_timeout for a stopping web tier's last answers
+RATE_LIMIT_CONTENDED_WAIT = 1.0  # a request that lost every conditional write is asked to wait this long
+# Completion callbacks (daas.callbacks), beside callback_timeout:
+CALLBACK_FIRST_WAIT, CALLBACK_LONGEST_WAIT = 1.0, 60.0  # the backoff between attempts
+CALLBACK_ATTEMPT_TIMEOUT = 10.0  # one POST
+# The controller, beside scale_interval and batch_interval:
 TICKS_MISSED_UNHEALTHY = 3  # /healthz and `up` call the autoscaler stalled after this many intervals
-GRACEFUL_MARGIN = 10.0  # seconds on top of result_timeout for a stopping web tier's last answers
+METRICS_TICK_CACHE = 5.0  # the controller's /metrics reads the tick record at most this often
+MAX_LAUNCH_BACKOFF = 300.0  # after EC2 refuses launches, the next try waits up to this long (daas.autoscale)
+REMEMBER_LAUNCHES = 300.0  # a launched instance counts until DescribeInstances lists it, this long at most
+MIN_BUSY = 5.0  # a worker's rate counts once it has been busy this long (its first task warms up)
+BATCH_LIST_BUDGET = 20.0  # one tick lists a batch this long before the next batch (and tick) get a turn
+# `daas up`'s supervisor (daas.supervisor), as systemd on AWS:
+PROBE_EVERY, PROBE_TIMEOUT, PROBE_FAILURES = 5.0, 5.0, 3  # HTTP probes of the web tier and Flower
+# Seconds without an answer before a process is restarted, where it differs from PROBE_FAILURES
+# probes: Flower is a dashboard, off the path of every image; restarting it loses what it has seen
+# and its place in the event stream, so a Flower that is slow or stopped for a while (two minutes in
+# the soak) gets time to come back and catch up.
+PROBE_PATIENCE = {"flower": 180.0}
+STARTUP_GRACE = 30.0  # a (re)started process gets this long before it must show progress
+LOG_CHECK_EVERY = 60.0  # how often the logs' sizes are checked (rotated past 64 MB)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work: its message names the variable, the value and what would."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +195,7 @@ class Settings:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
         if not self.model_cache:
             object.__setattr__(self, "model_cache", str(self.state_dir / "models"))
+        self.check()
 
     @property
     def instance_types(self) -> list[str]:
@@ -197,7 +242,41 @@ class Settings:
     @property
     def extend_every(self) -> float:
         """How often a worker pushes back the visibility timeout of the messages it holds."""
-        return self.visibility_timeout / 4
+        return self.visibility_timeout / EXTENSIONS_PER_VISIBILITY
+
+    def check(self) -> None:
+        """Refuse settings that cannot work together (ConfigError naming the variables); called for
+        every Settings, so a process with such settings stops at its start, not hours later."""
+        problems = [problem for problem in (
+            self._periods_positive(), self._stall_outlasts_polls(), self._within_sqs_limits()) if problem]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def _periods_positive(self) -> str:
+        periods = ("heartbeat_interval", "scale_interval", "sweep_interval", "batch_interval",
+                   "queue_lease_interval", "stall_timeout", "result_timeout", "task_time_limit")
+        bad = [f"{ENV_VARS[name]}={getattr(self, name):g}" for name in periods if getattr(self, name) <= 0]
+        return f"{', '.join(bad)}: must be more than 0 seconds" if bad else ""
+
+    def _stall_outlasts_polls(self) -> str:
+        least = STALL_POLLS * CONSUMER_LONG_POLL
+        if 0 < self.stall_timeout < least:
+            return (f"DAAS_STALL_TIMEOUT={self.stall_timeout:g} is shorter than {STALL_POLLS} long polls of an idle "
+                    f"consumer ({CONSUMER_LONG_POLL} s each): idle workers would be called stalled and "
+                    f"restarted; set it to {least} or more")
+        return ""
+
+    def _within_sqs_limits(self) -> str:
+        if not 1 <= self.visibility_timeout <= SQS_MAX_VISIBILITY:
+            return f"DAAS_VISIBILITY_TIMEOUT={self.visibility_timeout}: SQS takes 1 to {SQS_MAX_VISIBILITY} seconds"
+        if self.task_time_limit + self.visibility_timeout > SQS_MAX_VISIBILITY:
+            return (f"DAAS_TASK_TIME_LIMIT={self.task_time_limit:g} with DAAS_VISIBILITY_TIMEOUT="
+                    f"{self.visibility_timeout}: SQS refuses to keep a message invisible for more than "
+                    f"{SQS_MAX_VISIBILITY} s (12 h) in all, so the worker could not hold it that long; "
+                    f"their sum must be {SQS_MAX_VISIBILITY} or less")
+        if not 1 <= self.max_receives <= SQS_MAX_RECEIVE_COUNT:
+            return f"DAAS_MAX_RECEIVES={self.max_receives}: SQS's redrive policy takes 1 to {SQS_MAX_RECEIVE_COUNT}"
+        return ""
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
@@ -217,7 +296,7 @@ def _parse(field_type: str, name: str, raw: str):
     try:
         return parsers.get(field_type, str)(raw)
     except ValueError:
-        raise ValueError(f"{name} must be of type {field_type}, got {raw!r}") from None
+        raise ConfigError(f"{name} must be of type {field_type}, got {raw!r}") from None
 
 
 def load(environ: dict[str, str] | None = None) -> Settings:

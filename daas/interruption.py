@@ -2,7 +2,7 @@
 its instance, and loses nothing.
 
 A worker on EC2 asks its instance metadata service (IMDSv2: a session token, then the two
-documents) every POLL_S seconds whether EC2 has sent a spot interruption notice (two minutes
+documents) every IMDS_POLL seconds (daas.config) whether EC2 has sent a spot interruption notice (two minutes
 before it stops the instance) or a rebalance recommendation (the instance's capacity pool is at
 risk). On either, the worker stops taking messages (daas.lifecycle.Retirement: it cancels its
 consumer, and kombu makes a message that a poll still in flight brings back visible at once),
@@ -22,9 +22,9 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
+from daas.config import IMDS_TOKEN_TTL
+
 log = logging.getLogger(__name__)
-POLL_S = 5.0  # AWS's advice for spot interruption notices
-TOKEN_TTL_S = 21600
 DOCUMENTS = {"spot interruption notice": "/latest/meta-data/spot/instance-action",
              "rebalance recommendation": "/latest/meta-data/events/recommendations/rebalance"}
 
@@ -32,7 +32,7 @@ DOCUMENTS = {"spot interruption notice": "/latest/meta-data/spot/instance-action
 def ask(endpoint: str, timeout: float = 2.0) -> str | None:
     """Why the instance should be left now ("spot interruption notice: {...}"), or None."""
     request = urllib.request.Request(f"{endpoint}/latest/api/token", method="PUT",
-                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)})
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": str(IMDS_TOKEN_TTL)})
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         token = answer.read().decode()
     for why, path in DOCUMENTS.items():

@@ -26,7 +26,7 @@ from celery.worker import state as worker_state
 
 from daas import config, fleet, interruption, storage
 from daas.aws import duty_client
-from daas.broker import LONG_POLL_SECONDS
+from daas.config import CONSUMER_LONG_POLL, IMDS_POLL
 from daas.watchdog import Duty, Watchdog, notify, snapshot
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def install(app, cfg: config.Settings, node: str, register_in: str | None = None
     if cfg.imds_endpoint:
         notices = interruption.Watcher(functools.partial(interruption.ask, cfg.imds_endpoint), heartbeat.goodbye,
                                        "the instance metadata")
-        duties.append(Duty(interruption.POLL_S, notices.check))
+        duties.append(Duty(IMDS_POLL, notices.check))
         _leave_requests.append(notices)
     watchdog = Watchdog(cfg.queue, cfg.stall_timeout, cfg.task_time_limit, duties=duties)
     signals.worker_init.connect(lambda **_: watchdog.start(), weak=False)
@@ -255,7 +255,7 @@ class Retirement(bootsteps.StartStopStep):
                 for queue in consumer.task_consumer.queues:
                     consumer.cancel_task_queue(queue.name)
                 self.cancelled_at = now
-        elif now - self.cancelled_at > LONG_POLL_SECONDS + 1 and not worker_state.active_requests:
+        elif now - self.cancelled_at > CONSUMER_LONG_POLL + 1 and not worker_state.active_requests:
             _retired = True
             worker_state.should_stop = 0  # the normal warm-shutdown path, exit code 0
 

@@ -7,7 +7,7 @@ that folder before this module (and prometheus_client) is first imported: `daas 
 The web tier sees every image's result (the worker sends each chunk's results to the reply queue of
 the web process that submitted it, daas.replies): that is where the classified counts and the
 per-stage histograms come from. Queue depth and workers come from the autoscaler's latest tick
-(daas.health), read at most every TICK_CACHE_S seconds.
+(daas.health), read at most every METRICS_TICK_CACHE seconds.
 
 The controller serves its own (`CONTROLLER`, on DAAS_HOST:DAAS_CONTROLLER_METRICS_PORT, one process):
 launches and refusals, images given up on from the dead-letter queue, batches' listing and
@@ -28,7 +28,6 @@ from daas import config, health
 
 log = logging.getLogger(__name__)
 ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
-TICK_CACHE_S = 5.0
 # Seconds: a forward pass on CPU is a few ms, a fetch from S3 tens of ms, a decode up to a second.
 # The queue wait: up to minutes while workers boot.
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0)
@@ -93,7 +92,7 @@ class TickCollector:
         self.settings, self.read_at, self.tick = settings, 0.0, None
 
     def latest(self) -> dict | None:
-        if time.monotonic() - self.read_at > TICK_CACHE_S:
+        if time.monotonic() - self.read_at > config.METRICS_TICK_CACHE:
             self.tick, self.read_at = health.read(self.settings, health.TICK), time.monotonic()
         return self.tick
 

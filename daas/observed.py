@@ -33,7 +33,6 @@ SAMPLES = 10       # boots remembered (the median of these is the estimate)
 # against the controller's figures, five boots), and the simulator's check against the scaling
 # bench inherited the bias.
 LAST_MODIFIED_RESOLUTION = 1.0
-MIN_BUSY_S = 5.0   # a worker's rate counts once it has been busy this long (its first task warms up)
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class Observed:
     def learn_rates(self, records: dict[str, dict[str, dict]]) -> None:
         """Learn the full tasks a second of one worker from its processes' heartbeat records
         ({worker id: {record name: record}}; each counts `images` over `busy_s` seconds in tasks)."""
-        rates = [sum(r.get("images", 0) / r["busy_s"] for r in named.values() if r.get("busy_s", 0) >= MIN_BUSY_S)
+        rates = [sum(r.get("images", 0) / r["busy_s"] for r in named.values() if r.get("busy_s", 0) >= config.MIN_BUSY)
                  / self.images_per_task for named in records.values()]
         rates = [rate for rate in rates if rate > 0]
         if rates:

@@ -122,9 +122,8 @@ def _alive(pid: int) -> bool:
         return True
 
 
-# How long a launched instance is counted even where DescribeInstances does not list it yet (EC2's
-# API is eventually consistent: a describe right after RunInstances may miss the new instances).
-REMEMBER_LAUNCHES_S = 300.0
+# A launched instance is counted for REMEMBER_LAUNCHES seconds even where DescribeInstances does not
+# list it yet (EC2's API is eventually consistent: a describe right after RunInstances may miss it).
 LIVE_STATES = ("pending", "running")
 
 
@@ -134,7 +133,7 @@ def instance_states(described: dict[str, tuple[str, float]], remembered: dict[st
     pending or running, and recent launches it does not list yet (counted as pending)."""
     live = {iid: (state, at) for iid, (state, at) in described.items() if state in LIVE_STATES}
     for iid, at in remembered.items():
-        if iid not in described and now - at < REMEMBER_LAUNCHES_S:
+        if iid not in described and now - at < config.REMEMBER_LAUNCHES:
             live[iid] = ("pending", at)
     return live
 
@@ -191,7 +190,7 @@ class EC2Provider:
 
     def _remember(self, ids: list[str]) -> None:
         now = time.time()
-        recent = {iid: at for iid, at in self._remembered().items() if now - at < REMEMBER_LAUNCHES_S}
+        recent = {iid: at for iid, at in self._remembered().items() if now - at < config.REMEMBER_LAUNCHES}
         state.write_json(self.launches_file, {**recent, **dict.fromkeys(ids, now)})
 
     def _live(self) -> dict[str, tuple[str, float]]:

@@ -16,10 +16,9 @@ import math
 import time
 
 from daas import aws
-from daas.config import Settings
+from daas.config import RATE_LIMIT_CONTENDED_WAIT, Settings
 
 ATTEMPTS = 8  # conditional writes lost to other web processes before a request is told to retry
-CONTENDED_WAIT = 1.0  # seconds a request is asked to wait after that (it has spent nothing)
 
 
 def refill(tokens: float, at: float, now: float, per_minute: int) -> float:
@@ -68,7 +67,7 @@ class RateLimiter:
                 return 0.0
             except dynamodb.exceptions.ConditionalCheckFailedException:
                 continue  # another web process spent from this bucket meanwhile: look again
-        return CONTENDED_WAIT
+        return RATE_LIMIT_CONTENDED_WAIT
 
     def wait(self, client: str, images: int = 1, now: float | None = None) -> float:
         """Seconds until `images` would fit in the client's bucket (0: now), spending nothing: the web

@@ -7,7 +7,7 @@ thread puts them in this process's cache and wakes the requests waiting for them
 `POST /classify` answers as soon as its label exists, and a job's status reads its results from
 the cache. That is one SendMessage per chunk and a share of a batched receive and delete, where
 polling the bucket cost about 38 GETs per image (issue 12). The output bucket stays the result
-store: a waiter that has heard nothing for FALLBACK_EVERY seconds looks there itself.
+store: a waiter that has heard nothing for REPLY_FALLBACK_EVERY seconds looks there itself.
 
 A reply queue lives as long as its process: deleted at exit, and, if the process was killed, swept
 by the controller's housekeeping once the thread stopped renewing its lease (daas.leases). The
@@ -31,11 +31,9 @@ from urllib.parse import urlsplit
 
 from daas import leases
 from daas.aws import account_id, client
-from daas.config import Settings
+from daas.config import REPLY_FALLBACK_EVERY, REPLY_LONG_POLL, Settings
 
 log = logging.getLogger(__name__)
-FALLBACK_EVERY = 10.0     # seconds a waiter trusts the reply queue before it also reads the bucket
-LONG_POLL = 20
 
 
 class ResultCache:
@@ -105,11 +103,11 @@ class Replies:
     def _create(self) -> str:
         return client("sqs", self.settings).create_queue(
             QueueName=queue_name(self.settings), tags=leases.tags(self.settings.stack),
-            Attributes={"MessageRetentionPeriod": "300", "ReceiveMessageWaitTimeSeconds": str(LONG_POLL)})["QueueUrl"]
+            Attributes={"MessageRetentionPeriod": "300", "ReceiveMessageWaitTimeSeconds": str(REPLY_LONG_POLL)})["QueueUrl"]
 
     def wait(self, key: str, fetch, timeout: float) -> list[dict] | None:
         """The result list at `key`, as soon as its reply arrives (or `fetch()` finds it in the
-        bucket, tried every FALLBACK_EVERY seconds); None after `timeout` seconds."""
+        bucket, tried every REPLY_FALLBACK_EVERY seconds); None after `timeout` seconds."""
         event = threading.Event()
         with self.lock:
             self.waiters.setdefault(key, set()).add(event)
@@ -119,7 +117,7 @@ class Replies:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
-                woken = event.wait(min(FALLBACK_EVERY, left))
+                woken = event.wait(min(REPLY_FALLBACK_EVERY, left))
                 event.clear()
                 found = cache.get_many([key]).get(key) if woken else None
                 if found is None:  # silence for a while, or a reply already evicted from the cache
@@ -137,7 +135,7 @@ class Replies:
     def _listen(self) -> None:
         sqs, url, renewed = client("sqs", self.settings), self.url, time.monotonic()
         # A poll never outlasts a lease period: the lease is renewed between two polls.
-        wait = max(1, min(LONG_POLL, int(self.settings.queue_lease_interval)))
+        wait = max(1, min(REPLY_LONG_POLL, int(self.settings.queue_lease_interval)))
         while url == self.url:
             try:
                 messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,

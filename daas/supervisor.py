@@ -24,18 +24,12 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from daas import health
+from daas.config import (LOG_CHECK_EVERY, PROBE_EVERY, PROBE_FAILURES, PROBE_PATIENCE, PROBE_TIMEOUT,
+                         STARTUP_GRACE)
 from daas.stack import Stack
 
 log = logging.getLogger(__name__)
-PROBE_EVERY, PROBE_TIMEOUT, PROBE_FAILURES = 5.0, 5.0, 3
-# Seconds without an answer before a process is restarted, where it differs from PROBE_FAILURES
-# probes: Flower is a dashboard, off the path of every image; restarting it loses what it has seen
-# and its place in the event stream, so a Flower that is slow or stopped for a while (two minutes in
-# the soak) gets time to come back and catch up.
-PROBE_PATIENCE = {"flower": 180.0}
-STARTUP_GRACE = 30.0       # seconds a (re)started process gets before it must show progress
 LOG_ROTATE_BYTES = 64 * 1024 * 1024
-LOG_CHECK_EVERY = 60.0
 
 
 class Supervisor:

@@ -2,7 +2,7 @@
 
 Every process that consumes a queue (each worker, the controller) runs one watchdog thread. Progress
 is a completed poll of the process's own queue (daas.transport records each one; an idle consumer
-long-polls every 10 s) or a task running for less than DAAS_TASK_TIME_LIMIT. With no progress for
+long-polls every CONSUMER_LONG_POLL, 10 s) or a task running for less than DAAS_TASK_TIME_LIMIT. With no progress for
 DAAS_STALL_TIMEOUT seconds the watchdog logs why and exits the process, so that its supervisor
 (systemd on AWS, `daas up` or the controller locally) starts a fresh one, and SQS hands what it held
 to another consumer. This catches a consumer that kombu stopped polling while the process looked
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from celery.worker import state as worker_state
 
 from daas import transport
+from daas.config import STARTUP_TIMEOUT
 
 log = logging.getLogger(__name__)
 EXIT_STALLED = 75  # EX_TEMPFAIL: a supervisor restarts it (systemd's Restart=on-failure too)
-STARTUP_TIMEOUT = 300.0  # seconds from start to consuming (model load, first connection)
 
 
 def notify(message: str) -> bool:

@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 
@@ -33,3 +34,38 @@ def test_readme_documents_every_variable():
     documented = set(re.findall(r"`((?:DAAS|AWS)_[A-Z0-9_]+)`", readme))
     missing = set(config.ENV_VARS.values()) - documented
     assert not missing, f"README.md's configuration table lacks {sorted(missing)}"
+
+
+def test_the_defaults_and_every_test_profile_pass_the_checks():
+    config.load({}).check()
+    config.load({"DAAS_PROVIDER": "ec2"}).check()
+    from daas.bench import soak
+    config.load(soak.profile(4)).check()
+    config.load(soak.profile(30)).check()
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"DAAS_STALL_TIMEOUT": "15"}, "DAAS_STALL_TIMEOUT=15 is shorter than 2 long polls"),
+    ({"DAAS_VISIBILITY_TIMEOUT": "0"}, "DAAS_VISIBILITY_TIMEOUT=0: SQS takes 1 to 43200"),
+    ({"DAAS_TASK_TIME_LIMIT": "43190"}, "SQS refuses to keep a message invisible for more than 43200 s"),
+    ({"DAAS_MAX_RECEIVES": "1001"}, "DAAS_MAX_RECEIVES=1001"),
+    ({"DAAS_HEARTBEAT_INTERVAL": "0", "DAAS_SCALE_INTERVAL": "-1"},
+     "DAAS_HEARTBEAT_INTERVAL=0, DAAS_SCALE_INTERVAL=-1: must be more than 0 seconds"),
+])
+def test_settings_that_cannot_work_together_are_refused_with_the_variables_named(env, says):
+    """AWS refuses what the local endpoint takes (a visibility past 12 h in all, a redrive count over
+    1,000), and a stall timeout inside two long polls would restart every idle worker: each is
+    refused when the settings are read, at a process's start, with what would work."""
+    with pytest.raises(config.ConfigError) as refused:
+        config.load(env)
+    assert says in str(refused.value)
+
+
+def test_the_command_line_says_what_is_wrong_with_a_setting_without_a_traceback():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DAAS_STALL_TIMEOUT": "5"}
+    run = subprocess.run([sys.executable, "-m", "daas", "export"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("daas: DAAS_STALL_TIMEOUT=5 is shorter than") and "Traceback" not in run.stderr

@@ -70,7 +70,7 @@ def test_a_worker_told_of_an_interruption_mid_task_leaves_and_loses_nothing(loca
             images = jobs.status(settings, job["job_id"])["images"]
             assert len(images) == 80 and {image["label"] for image in images} == {"espresso"}
             # Within the round that sees the notice and the poll in flight, never the visibility timeout.
-            assert left_after < interruption.POLL_S + 15 and done_after < 30, (left_after, done_after)
+            assert left_after < config.IMDS_POLL + 15 and done_after < 30, (left_after, done_after)
             assert staying.poll() is None and leaving.pid not in _records(settings)  # it took its record along
         finally:
             for worker in (leaving, staying):

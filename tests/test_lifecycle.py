@@ -7,7 +7,8 @@ import time
 import pytest
 
 from daas import config, fleet, health, lifecycle, timeline, watchdog
-from daas.providers import REMEMBER_LAUNCHES_S, instance_states
+from daas.config import REMEMBER_LAUNCHES
+from daas.providers import instance_states
 from daas.supervisor import rotate_logs
 from tests.conftest import make_settings
 
@@ -114,7 +115,7 @@ def test_heartbeats_are_keyed_by_the_worker_their_node_belongs_to():
 def test_recent_launches_count_until_describe_instances_lists_them():
     now = 1000.0
     described = {"i-a": ("running", 900.0), "i-b": ("terminated", 950.0)}
-    remembered = {"i-b": 950.0, "i-c": 990.0, "i-old": now - REMEMBER_LAUNCHES_S - 1}
+    remembered = {"i-b": 950.0, "i-c": 990.0, "i-old": now - REMEMBER_LAUNCHES - 1}
     live = instance_states(described, remembered, now)
     # i-c is not listed yet: counted as pending. i-b is listed as terminated: not counted.
     assert live == {"i-a": ("running", 900.0), "i-c": ("pending", 990.0)}
