@@ -33,9 +33,9 @@ import numpy as np
 
 from daas import config, scaling
 
-IMAGES_PER_MESSAGE = 10
+IMAGES_PER_MESSAGE = config.Settings.images_per_task  # DAAS_IMAGES_PER_TASK
 MAXIMUM = 20           # workers at most, every policy (DAAS_SCALE_MAX on EC2)
-IDLE_TIMEOUT = 60.0    # DAAS_IDLE_TIMEOUT
+IDLE_TIMEOUT = config.Settings.idle_timeout  # DAAS_IDLE_TIMEOUT
 BOOTS = (5.0, 60.0, 120.0, 180.0)
 DRAIN_TARGET = config.Settings.scale_drain_target  # DAAS_SCALE_DRAIN_TARGET's default
 BILLING_MINIMUM_S = 60.0
