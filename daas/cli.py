@@ -352,7 +352,7 @@ def parser() -> argparse.ArgumentParser:
     dep.add_argument("--scale-max", type=int, default=20, help="most worker instances at once")
     dep.add_argument("--instance-types", default=config.Settings.ec2_instance_types,
                      help="worker instance types, comma-separated: every type in every subnet is a capacity pool")
-    dep.add_argument("--capacity", default=config.Settings.ec2_capacity, choices=["spot-first", "spot", "on-demand"],
+    dep.add_argument("--capacity", default=config.Settings.ec2_capacity, choices=config.CAPACITIES,
                      help="workers on spot, on demand, or spot with an on-demand fallback")
     dep.add_argument("--batch-source", default="", help="a bucket of yours that batch jobs may read (workers get "
                      "read access to it only; default: $DAAS_BATCH_SOURCES)")

@@ -57,6 +57,16 @@ STARTUP_GRACE = 30.0  # a (re)started process gets this long before it must show
 LOG_CHECK_EVERY = 60.0  # how often the logs' sizes are checked (rotated past 64 MB)
 
 
+# The values a setting of a few words may take (the first is its default); other modules take them from here.
+PROVIDERS = ("local", "ec2")
+DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("openvino", "onnxruntime", "torch")  # DAAS_RUNTIME also takes auto (daas.runtimes.resolve)
+PRECISIONS = ("f32", "bf16")  # DAAS_PRECISION also takes auto
+CAPACITIES = ("spot-first", "spot", "on-demand")  # daas.ec2fleet.ORDER says what each launches
+CHOICES = {"provider": PROVIDERS, "device": DEVICES, "runtime": ("auto", *RUNTIMES),
+           "precision": ("auto", *PRECISIONS), "ec2_capacity": CAPACITIES}
+
+
 class ConfigError(ValueError):
     """A setting that cannot work: its message names the variable, the value and what would."""
 
@@ -247,10 +257,15 @@ class Settings:
     def check(self) -> None:
         """Refuse settings that cannot work together (ConfigError naming the variables); called for
         every Settings, so a process with such settings stops at its start, not hours later."""
-        problems = [problem for problem in (
-            self._periods_positive(), self._stall_outlasts_polls(), self._within_sqs_limits()) if problem]
+        problems = [problem for problem in (self._one_of_choices(), self._periods_positive(),
+                                            self._stall_outlasts_polls(), self._within_sqs_limits()) if problem]
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def _one_of_choices(self) -> str:
+        bad = [f"{ENV_VARS[name]}={getattr(self, name)!r} is none of {', '.join(values)}"
+               for name, values in CHOICES.items() if getattr(self, name) not in values]
+        return "; ".join(bad)
 
     def _periods_positive(self) -> str:
         periods = ("heartbeat_interval", "scale_interval", "sweep_interval", "batch_interval",

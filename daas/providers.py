@@ -215,8 +215,6 @@ class EC2Provider:
         """Launch up to `count` workers with EC2 Fleet over every pool, spot first as
         DAAS_EC2_CAPACITY says (daas.ec2fleet); LaunchRefused if EC2 launched none."""
         s = self.settings
-        if s.ec2_capacity not in ec2fleet.ORDER:
-            raise ValueError(f"DAAS_EC2_CAPACITY must be one of {', '.join(ec2fleet.ORDER)}, not {s.ec2_capacity!r}")
         tags = worker_tags(s)
         template = ec2fleet.template_version(self.ec2, *self.template(), render_user_data(s), tags)
         ec2fleet.launch(self.ec2, count, s.ec2_capacity, template, ec2fleet.pools(s.subnets, s.instance_types),
@@ -267,7 +265,5 @@ def render_user_data(settings: config.Settings) -> str:
 
 
 def make_provider(settings: config.Settings) -> Provider:
-    providers = {"local": LocalProvider, "ec2": EC2Provider}
-    if settings.provider not in providers:
-        raise ValueError(f"DAAS_PROVIDER must be one of {', '.join(providers)}, not {settings.provider!r}")
-    return providers[settings.provider](settings)
+    """The settings' provider (config.PROVIDERS; Settings.check refuses others)."""
+    return {"local": LocalProvider, "ec2": EC2Provider}[settings.provider](settings)

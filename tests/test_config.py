@@ -46,6 +46,9 @@ def test_the_defaults_and_every_test_profile_pass_the_checks():
 
 @pytest.mark.parametrize("env, says", [
     ({"DAAS_STALL_TIMEOUT": "15"}, "DAAS_STALL_TIMEOUT=15 is shorter than 2 long polls"),
+    ({"DAAS_EC2_CAPACITY": "spot-only"}, "DAAS_EC2_CAPACITY='spot-only' is none of spot-first, spot, on-demand"),
+    ({"DAAS_RUNTIME": "tensorrt", "DAAS_DEVICE": "tpu"},
+     "DAAS_DEVICE='tpu' is none of auto, cpu, cuda; DAAS_RUNTIME='tensorrt' is none of auto, openvino"),
     ({"DAAS_VISIBILITY_TIMEOUT": "0"}, "DAAS_VISIBILITY_TIMEOUT=0: SQS takes 1 to 43200"),
     ({"DAAS_TASK_TIME_LIMIT": "43190"}, "SQS refuses to keep a message invisible for more than 43200 s"),
     ({"DAAS_MAX_RECEIVES": "1001"}, "DAAS_MAX_RECEIVES=1001"),
@@ -54,8 +57,9 @@ def test_the_defaults_and_every_test_profile_pass_the_checks():
 ])
 def test_settings_that_cannot_work_together_are_refused_with_the_variables_named(env, says):
     """AWS refuses what the local endpoint takes (a visibility past 12 h in all, a redrive count over
-    1,000), and a stall timeout inside two long polls would restart every idle worker: each is
-    refused when the settings are read, at a process's start, with what would work."""
+    1,000), a stall timeout inside two long polls would restart every idle worker, and a misspelt
+    capacity was found only at the first launch (a runtime, at every worker's boot): each is refused
+    when the settings are read, at a process's start, with what would work."""
     with pytest.raises(config.ConfigError) as refused:
         config.load(env)
     assert says in str(refused.value)

@@ -211,8 +211,12 @@ def test_missing_ami_names_the_setting(ec2_settings):
 
 
 def test_unknown_provider_is_rejected():
-    with pytest.raises(ValueError, match="DAAS_PROVIDER"):
+    with pytest.raises(config.ConfigError, match="DAAS_PROVIDER='k8s' is none of local, ec2"):
         make_provider(config.Settings(provider="k8s"))
+
+
+def test_every_capacity_setting_says_what_ec2_fleet_launches():
+    assert set(ec2fleet.ORDER) == set(config.CAPACITIES)
 
 
 # -- the scaling policy ----------------------------------------------------------------------------

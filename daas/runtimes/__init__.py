@@ -18,8 +18,7 @@ import numpy as np
 
 from daas import config
 
-RUNTIMES = ("openvino", "onnxruntime", "torch")
-PRECISIONS = ("f32", "bf16")
+RUNTIMES, PRECISIONS = config.RUNTIMES, config.PRECISIONS  # the choices; Settings.check refuses others
 
 
 class Runtime(Protocol):
@@ -40,12 +39,8 @@ def resolve(cfg: config.Settings) -> tuple[str, str]:
     """(runtime, device) for the settings: `auto` is torch on a GPU, OpenVINO on CPU."""
     device = cfg.device if cfg.device != "auto" else ("cuda" if has_nvidia_gpu() else "cpu")
     runtime = cfg.runtime if cfg.runtime != "auto" else ("torch" if device == "cuda" else "openvino")
-    if runtime not in RUNTIMES:
-        raise ValueError(f"DAAS_RUNTIME={cfg.runtime!r}: use one of auto, {', '.join(RUNTIMES)}")
-    if cfg.precision not in ("auto", *PRECISIONS):
-        raise ValueError(f"DAAS_PRECISION={cfg.precision!r}: use one of auto, {', '.join(PRECISIONS)}")
     if device == "cuda" and runtime == "openvino":
-        raise ValueError("OpenVINO does not run on NVIDIA GPUs: use DAAS_RUNTIME=torch or onnxruntime with DAAS_DEVICE=cuda")
+        raise config.ConfigError("OpenVINO does not run on NVIDIA GPUs: use DAAS_RUNTIME=torch or onnxruntime with DAAS_DEVICE=cuda")
     return runtime, device
 
 
