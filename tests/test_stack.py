@@ -8,6 +8,7 @@ from pathlib import Path
 
 import requests
 
+from daas import config, runtimes
 from daas.stack import free_port
 from tests.conftest import skimage_photo, wait_for
 
@@ -28,7 +29,9 @@ def session_processes(sid: int) -> list[str]:
 def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
     ports = {"DAAS_WEB_PORT": free_port(), "DAAS_AWS_PORT": free_port(), "DAAS_FLOWER_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "DAAS_STATE_DIR": str(tmp_path / "state"),
-           "DAAS_IDLE_TIMEOUT": "3", "DAAS_VISIBILITY_TIMEOUT": "4", "DAAS_SCALE_INTERVAL": "1", "DAAS_FLOWER_PASSWORD": "s3cret"}
+           "DAAS_IDLE_TIMEOUT": "3", "DAAS_VISIBILITY_TIMEOUT": "4", "DAAS_SCALE_INTERVAL": "1", "DAAS_FLOWER_PASSWORD": "s3cret",
+           "DAAS_MODEL_CACHE": str(tmp_path / "models")}  # a fresh machine's: `up` makes the export
+    exports = runtimes.resolve(config.load(env))[0] != "torch"
     up = subprocess.Popen([sys.executable, "-m", "daas", "up"], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
     web = f"http://127.0.0.1:{ports['DAAS_WEB_PORT']}"
@@ -40,6 +43,9 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
                 break
         assert web in banner and "from DAAS_FLOWER_PASSWORD" in banner, banner
         assert "s3cret" not in banner  # a password is never printed
+        # The model was exported before `up` said so, as the worker AMI's build does: no worker pays it
+        # (torch, the runtime on a GPU, runs no export).
+        assert bool(list((tmp_path / "models").glob("efficientnet_lite0-*.onnx"))) == exports, banner
         assert requests.get(f"{web}/healthz", timeout=10).status_code == 200
         status = requests.get(f"{web}/api/status", timeout=10).json()
         assert status["workers"] == {"running": 0, "starting": 0, "retiring": 0} and status["provider"] == "local"
@@ -102,6 +108,7 @@ def test_up_scales_from_zero_to_zero_and_ctrl_c_leaves_nothing(tmp_path):
     logs = {path.name: path.read_text(errors="replace") for path in (tmp_path / "state" / "logs").glob("*.log")}
     assert {"web.log", "aws.log", "controller.log", "beat.log", "flower.log", "workers.log"} <= set(logs)
     assert "Starting gunicorn" in logs["web.log"] and "Starting gunicorn" in logs["aws.log"]
+    assert not exports or "loads on openvino" in logs["export.log"] and "exporting" not in logs["workers.log"]
     for name, text in logs.items():
         for bad in ("development server", "Unrecoverable", "Error in timer", "CRITICAL"):
             assert bad not in text, f"{name}: {bad}"
