@@ -58,7 +58,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        print("stopping all processes…", flush=True)
+        print("stopping all processes… (Ctrl-C again: kill them at once)", flush=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second one must not cut the stop short
+            signal.signal(sig, lambda *_: stack.kill())
         stack.stop()
 
 

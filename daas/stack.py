@@ -167,6 +167,14 @@ class Stack:
             self.endpoint.wait()
             self.endpoint = None
 
+    def kill(self) -> None:
+        """SIGKILL every child (and what they started) and the endpoint now: a second Ctrl-C
+        during `stop`, which then finds them gone. Interrupting `stop` itself had left the local
+        endpoint running, holding its port against the next `up`."""
+        for group in (self._group, self.endpoint and self.endpoint.pid):
+            if group:
+                _signal_group(group, signal.SIGKILL)
+
     def _log(self, name: str):
         if self.log_dir is None:
             return None

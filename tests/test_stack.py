@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import requests
@@ -122,3 +123,34 @@ def test_local_endpoint_memo_matches_moto():
 
     assert local_endpoint._list_of_moto_modules() == frozenset(backends.list_of_moto_modules())
     assert {"s3", "sqs", "sns", "ec2"} <= local_endpoint._list_of_moto_modules()
+
+
+def test_a_second_ctrl_c_while_up_stops_kills_everything_and_frees_every_port(tmp_path):
+    """Impatient people press Ctrl-C twice: the second one, during the stop, kills what is left,
+    the local endpoint included (it had been left running, holding its port against the next `up`)."""
+    ports = {"DAAS_WEB_PORT": free_port(), "DAAS_AWS_PORT": free_port(), "DAAS_FLOWER_PORT": free_port()}
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "DAAS_STATE_DIR": str(tmp_path / "state")}
+    up = subprocess.Popen([sys.executable, "-m", "daas", "up"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    endpoint = f"local_endpoint -H 127.0.0.1 -p {ports['DAAS_AWS_PORT']}"
+    try:
+        for line in up.stdout:
+            if "Ctrl-C stops everything" in line:
+                break
+        up.send_signal(signal.SIGINT)
+        for line in up.stdout:
+            if line.startswith("stopping all processes"):
+                break
+        time.sleep(0.3)  # inside the stop: its children are warm-stopping
+        up.send_signal(signal.SIGINT)
+        up.wait(30)
+        wait_for(lambda: subprocess.run(["pgrep", "-f", endpoint]).returncode != 0, 10, "the endpoint to be gone")
+        wait_for(lambda: not session_processes(up.pid), 10, "every process of the stack to be gone")
+        for port in ports.values():
+            with __import__("socket").socket() as sock:
+                assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+    finally:
+        up.kill()
+        for pid in session_processes(up.pid):
+            os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", endpoint])
