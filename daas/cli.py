@@ -17,13 +17,22 @@ from daas.bench import BENCHMARKS
 def cmd_up(args: argparse.Namespace) -> int:
     """The whole stack on this machine: local AWS endpoint (unless --aws), web, controller, beat, Flower."""
     from daas import aws
-    from daas.stack import Stack, wait_for_http
+    from daas.stack import Stack, ports_in_use, wait_for_http
     from daas.supervisor import Supervisor
 
     settings = config.load()
+    busy = ports_in_use(settings, local_aws=not args.aws)
+    if busy:
+        print(f"daas: {'ports' if len(busy) > 1 else 'port'} {', '.join(busy)} in use: is another `daas up` still running (its processes: "
+              f"{settings.state_dir / 'processes.json'})? Stop it, or set the variable to a free port.",
+              file=sys.stderr)
+        return 2
     settings, where = flower_credentials(settings)
     stack = Stack(settings, log_dir=settings.state_dir / "logs")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM, and SIGHUP (the terminal closed): stop what we started. The children run in a process
+    # group of their own, which a closing terminal does not reach.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(0))
     # Ctrl-C stops everything even when a shell started us in the background (which ignores SIGINT,
     # and Python then keeps ignoring it): a CI runner or `nohup … &` must not make `up` unstoppable.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -59,7 +68,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         print("stopping all processes… (Ctrl-C again: kill them at once)", flush=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second one must not cut the stop short
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second one must not cut the stop short
             signal.signal(sig, lambda *_: stack.kill())
         stack.stop()
 

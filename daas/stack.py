@@ -28,6 +28,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def ports_in_use(settings: config.Settings, local_aws: bool = True) -> list[str]:
+    """The stack's ports where something already listens, as 'PORT (VARIABLE)'. Our servers bind with
+    SO_REUSEPORT (a restarted web tier binds at once), so a second stack would not fail to bind:
+    it would share the ports of one left running, and the kernel would split the requests between
+    two local endpoints with different buckets and queues (seen: `up` waited for its first tick
+    until it was stopped, with no error)."""
+    ports = {"web_port": settings.web_port, "flower_port": settings.flower_port,
+             "controller_metrics_port": settings.controller_metrics_port}
+    if local_aws:
+        ports["aws_port"] = settings.aws_port
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    busy = []
+    for name, port in ports.items():
+        with socket.socket() as sock:
+            sock.settimeout(1.0)
+            if port and sock.connect_ex((host, port)) == 0:
+                busy.append(f"{port} ({config.ENV_VARS[name]})")
+    return busy
+
+
 def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None,
                   ok_only: bool = False) -> None:
     """Wait until `url` answers: with any status (the server is up), or with 2xx if `ok_only`."""

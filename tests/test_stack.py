@@ -125,9 +125,11 @@ def test_local_endpoint_memo_matches_moto():
     assert {"s3", "sqs", "sns", "ec2"} <= local_endpoint._list_of_moto_modules()
 
 
-def test_a_second_ctrl_c_while_up_stops_kills_everything_and_frees_every_port(tmp_path):
-    """Impatient people press Ctrl-C twice: the second one, during the stop, kills what is left,
-    the local endpoint included (it had been left running, holding its port against the next `up`)."""
+def test_a_closed_terminal_stops_up_and_a_ctrl_c_during_the_stop_kills_everything(tmp_path):
+    """A closed terminal (SIGHUP) stops the stack: its children run in a process group of their own,
+    which the hangup does not reach. Impatient people press Ctrl-C during a stop: it kills what is
+    left, the local endpoint included (it had been left running, holding its port against the next
+    `up`); every port is free after."""
     ports = {"DAAS_WEB_PORT": free_port(), "DAAS_AWS_PORT": free_port(), "DAAS_FLOWER_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "DAAS_STATE_DIR": str(tmp_path / "state")}
     up = subprocess.Popen([sys.executable, "-m", "daas", "up"], env=env, stdout=subprocess.PIPE,
@@ -137,7 +139,7 @@ def test_a_second_ctrl_c_while_up_stops_kills_everything_and_frees_every_port(tm
         for line in up.stdout:
             if "Ctrl-C stops everything" in line:
                 break
-        up.send_signal(signal.SIGINT)
+        up.send_signal(signal.SIGHUP)
         for line in up.stdout:
             if line.startswith("stopping all processes"):
                 break
@@ -154,3 +156,25 @@ def test_a_second_ctrl_c_while_up_stops_kills_everything_and_frees_every_port(tm
         for pid in session_processes(up.pid):
             os.kill(int(pid), signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-f", endpoint])
+
+
+def test_up_refuses_ports_that_another_stack_holds_instead_of_sharing_them(tmp_path):
+    """Our servers bind with SO_REUSEPORT, so a second `up` beside one left running would share its
+    ports, and the kernel would split requests between two endpoints' buckets and queues: `up`
+    names the port and its variable, and starts nothing."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held = holder.getsockname()[1]
+    aws_port = free_port()
+    env = {**os.environ, "DAAS_STATE_DIR": str(tmp_path / "state"), "DAAS_WEB_PORT": str(free_port()),
+           "DAAS_FLOWER_PORT": str(held), "DAAS_AWS_PORT": str(aws_port), "DAAS_CONTROLLER_METRICS_PORT": str(free_port())}
+    with holder:
+        up = subprocess.run([sys.executable, "-m", "daas", "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert f"port {held} (DAAS_FLOWER_PORT) in use" in up.stderr and "Traceback" not in up.stderr
+    assert not (tmp_path / "state" / "logs").exists()  # nothing was started
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", aws_port)) != 0
