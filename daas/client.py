@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import mimetypes
+import re
 import time
 from pathlib import Path
 
@@ -28,30 +29,21 @@ class ServiceClient:
     def submit(self, files: list[tuple[str, bytes]]) -> dict:
         parts = [("images", (name, data, mimetypes.guess_type(name)[0] or "application/octet-stream"))
                  for name, data in files]
-        response = self.http.post(f"{self.url}/api/jobs", files=parts, timeout=300)
-        self._check(response, 202, "upload rejected")
-        return response.json()
+        return self._call("POST", "/api/jobs", 202, "upload rejected", timeout=300, files=parts)
 
     def job(self, job_id: str) -> dict:
-        response = self.http.get(f"{self.url}/api/jobs/{job_id}", timeout=60)
-        self._check(response, 200, f"job {job_id} unavailable")
-        return response.json()
+        return self._call("GET", f"/api/jobs/{job_id}", 200, f"job {job_id} unavailable")
 
     def create_batch(self, request: dict) -> dict:
         """A batch over an S3 prefix (202), or a dry run's count and bytes (200)."""
-        response = self.http.post(f"{self.url}/api/batches", json=request, timeout=600)
-        self._check(response, 200 if request.get("dry_run") else 202, "batch refused")
-        return response.json()
+        return self._call("POST", "/api/batches", 200 if request.get("dry_run") else 202, "batch refused",
+                          timeout=600, json=request)
 
     def batch(self, batch_id: str) -> dict:
-        response = self.http.get(f"{self.url}/api/batches/{batch_id}", timeout=60)
-        self._check(response, 200, f"batch {batch_id} unavailable")
-        return response.json()
+        return self._call("GET", f"/api/batches/{batch_id}", 200, f"batch {batch_id} unavailable")
 
     def cancel_batch(self, batch_id: str) -> dict:
-        response = self.http.delete(f"{self.url}/api/batches/{batch_id}", timeout=60)
-        self._check(response, 200, f"batch {batch_id} could not be cancelled")
-        return response.json()
+        return self._call("DELETE", f"/api/batches/{batch_id}", 200, f"batch {batch_id} could not be cancelled")
 
     def follow_batch(self, batch_id: str, every: float = 1.0) -> dict:
         """Poll a batch until it ends, with a progress bar (images finished of those enqueued so far)."""
@@ -65,6 +57,20 @@ class ServiceClient:
                     bar.refresh()
                     return batch
                 time.sleep(every)
+
+    def _call(self, method: str, path: str, expected: int, what: str, timeout: float = 60, **kwargs) -> dict:
+        """The JSON answer of one request, or ServiceError in words: a refusal (see _check), a
+        service that cannot be reached (not running, a wrong --url) or one that does not answer."""
+        try:
+            response = self.http.request(method, f"{self.url}{path}", timeout=timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+            raise ServiceError(f"cannot reach {self.url} ({cause.group(1) if cause else type(exc).__name__}): "
+                               "is the service running (`make run`)? Else give its address with --url", 0) from None
+        except requests.Timeout:
+            raise ServiceError(f"{what}: {self.url} did not answer within {timeout:.0f} s", 0) from None
+        self._check(response, expected, what)
+        return response.json()
 
     def _check(self, response: requests.Response, expected: int, what: str) -> None:
         if response.status_code == expected:

@@ -53,3 +53,14 @@ def test_without_a_key_the_cli_says_in_one_line_that_one_is_needed_and_how_to_gi
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
     assert wrong.stderr.strip().splitlines() == [
         f"{url} refused the API key (401): check the key in DAAS_API_KEY or --key against the service's DAAS_API_KEYS"]
+
+
+def test_a_service_that_is_not_running_is_told_in_one_line_with_what_to_do(tmp_path):
+    from daas.stack import free_port
+
+    (tmp_path / "cup.png").write_bytes(skimage_photo("coffee.png"))
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    down = classify(url, tmp_path)
+    assert down.returncode != 0 and "Traceback" not in down.stderr
+    assert down.stderr.strip().splitlines() == [
+        f"cannot reach {url} (Connection refused): is the service running (`make run`)? Else give its address with --url"]
