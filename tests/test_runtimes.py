@@ -120,6 +120,8 @@ def test_export_is_made_once_and_keyed_by_the_weights(tmp_path, caplog):
         torch.manual_seed(seed)
         torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
     first = settings.with_(model_weights=str(weights[0]))
+    Path(settings.model_cache).mkdir(parents=True)
+    (Path(settings.model_cache) / "mobilenet_v3_small-x.4242.partial").write_bytes(b"a killed export's")
     with caplog.at_level("WARNING", logger="daas.runtimes.export"):
         made = export.onnx_file(first)
         mtime = made.stat().st_mtime_ns
@@ -127,7 +129,7 @@ def test_export_is_made_once_and_keyed_by_the_weights(tmp_path, caplog):
     assert sum("exporting mobilenet_v3_small to ONNX once" in r.getMessage() for r in caplog.records) == 1
     other = export.onnx_file(settings.with_(model_weights=str(weights[1])))
     assert other != made and other.parent == Path(settings.model_cache)
-    assert list(Path(settings.model_cache).glob("*.partial")) == []
+    assert list(Path(settings.model_cache).glob("*.partial")) == []  # a killed export's is gone too
 
 
 @pytest.mark.parametrize("changes,message", [

@@ -60,6 +60,10 @@ def onnx_file(cfg: config.Settings) -> Path:
     with open(path.parent / ".export.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # workers starting together: one exports, the others wait
         if not path.exists():
+            # Only the lock's holder writes a partial file: any other is left by an export that was
+            # killed (an `up` stopped during its first export), and would lie there for ever.
+            for stale in path.parent.glob("*.partial"):
+                stale.unlink(missing_ok=True)
             log.warning("exporting %s to ONNX once, for OpenVINO and ONNX Runtime: %s (later starts reuse it)",
                         cfg.model, path)
             export(cfg, path)
