@@ -34,8 +34,8 @@ def ports_in_use(settings: config.Settings, local_aws: bool = True) -> list[str]
     it would share the ports of one left running, and the kernel would split the requests between
     two local endpoints with different buckets and queues (seen: `up` waited for its first tick
     until it was stopped, with no error)."""
-    ports = {"web_port": settings.web_port, "flower_port": settings.flower_port,
-             "controller_metrics_port": settings.controller_metrics_port}
+    # Not the controller's metrics port: no SO_REUSEPORT there, and a port in use is a warning (daas.metrics).
+    ports = {"web_port": settings.web_port, "flower_port": settings.flower_port}
     if local_aws:
         ports["aws_port"] = settings.aws_port
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host

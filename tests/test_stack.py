@@ -170,7 +170,7 @@ def test_up_refuses_ports_that_another_stack_holds_instead_of_sharing_them(tmp_p
     held = holder.getsockname()[1]
     aws_port = free_port()
     env = {**os.environ, "DAAS_STATE_DIR": str(tmp_path / "state"), "DAAS_WEB_PORT": str(free_port()),
-           "DAAS_FLOWER_PORT": str(held), "DAAS_AWS_PORT": str(aws_port), "DAAS_CONTROLLER_METRICS_PORT": str(free_port())}
+           "DAAS_FLOWER_PORT": str(held), "DAAS_AWS_PORT": str(aws_port)}
     with holder:
         up = subprocess.run([sys.executable, "-m", "daas", "up"], env=env, capture_output=True, text=True, timeout=60)
     assert up.returncode == 2, up.stdout + up.stderr
