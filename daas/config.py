@@ -19,7 +19,7 @@ MB = 1024 * 1024
 # Consumers (workers, the controller) and their watchdog (daas.watchdog), beside stall_timeout:
 CONSUMER_LONG_POLL = 10  # an idle consumer's ReceiveMessage wait (SQS's most is 20); a completed poll is progress
 STALL_POLLS = 2  # stall_timeout holds at least this many long polls: one slow poll never ends a consumer
-STARTUP_TIMEOUT = 300.0  # from a consumer's start to consuming (model load, first connection), as systemd's TimeoutStartSec
+STARTUP_TIMEOUT = 300.0  # from a consumer's start to consuming (model load, first connection); the units' TimeoutStartSec is above
 # A worker's duties (daas.lifecycle), beside heartbeat_interval and visibility_timeout:
 MISSED_HEARTBEATS = 3  # "several missed heartbeats": one lost PUT or a slow second never kills a worker
 EXTENSIONS_PER_VISIBILITY = 4  # a held message's visibility is pushed back 4 times per visibility_timeout
@@ -57,7 +57,7 @@ STARTUP_GRACE = 30.0  # a (re)started process gets this long before it must show
 LOG_CHECK_EVERY = 60.0  # how often the logs' sizes are checked (rotated past 64 MB)
 
 
-# The values a setting of a few words may take (the first is its default); other modules take them from here.
+# The values a setting of a few words may take (its default is Settings'); other modules take them from here.
 PROVIDERS = ("local", "ec2")
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("openvino", "onnxruntime", "torch")  # DAAS_RUNTIME also takes auto (daas.runtimes.resolve)
