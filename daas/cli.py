@@ -265,9 +265,9 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
     settings = config.load()
     records = timeline.read(settings.state_dir)
+    if not records:
+        raise SystemExit(f"no scaling decisions recorded yet in {settings.state_dir} (is the controller running there?)")
     if args.plot:
-        if not records:
-            raise SystemExit("no scaling decisions recorded yet (is the controller running?)")
         timeline.plot(records, Path(args.plot))
         print(f"wrote {args.plot} ({len(records)} scaling decisions)")
     else:
@@ -389,9 +389,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:  # the parser reads the settings too (its defaults)
         args = parser().parse_args(argv)
         return args.func(args)
     except config.ConfigError as exc:  # a person's setting: say which and why, not a traceback
         print(f"daas: {exc}", file=sys.stderr)
         return 2
+    except ClientError as exc:  # AWS refused a call (a denied permission, a missing resource)
+        message = exc.response.get("Error", {}).get("Message") or str(exc)
+        print(f"daas {args.command}: AWS refused {exc.operation_name}: {message}", file=sys.stderr)
+        return 1
+    except BotoCoreError as exc:  # no credentials, an endpoint that does not answer
+        print(f"daas {args.command}: {exc}", file=sys.stderr)
+        return 1

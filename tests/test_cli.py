@@ -64,3 +64,15 @@ def test_a_service_that_is_not_running_is_told_in_one_line_with_what_to_do(tmp_p
     assert down.returncode != 0 and "Traceback" not in down.stderr
     assert down.stderr.strip().splitlines() == [
         f"cannot reach {url} (Connection refused): is the service running (`make run`)? Else give its address with --url"]
+
+
+def test_an_aws_endpoint_that_does_not_answer_is_told_in_one_line(tmp_path):
+    from daas.stack import free_port
+
+    env = {**os.environ, "DAAS_AWS_ENDPOINT": f"http://127.0.0.1:{free_port()}", "DAAS_STATE_DIR": str(tmp_path),
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    init = subprocess.run([sys.executable, "-m", "daas", "init"], env=env, capture_output=True, text=True, timeout=120)
+    assert init.returncode == 1 and "Traceback" not in init.stderr, init.stderr
+    assert init.stderr.startswith("daas init: Could not connect to the endpoint URL"), init.stderr
+    timeline = subprocess.run([sys.executable, "-m", "daas", "timeline"], env=env, capture_output=True, text=True, timeout=60)
+    assert timeline.returncode == 1 and timeline.stderr.startswith("no scaling decisions recorded yet in"), timeline.stderr
