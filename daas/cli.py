@@ -46,9 +46,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         flower_url = stack.start_flower()
         wait_for_http(f"{web_url}/healthz", 120, ok_only=True)
         wait_for_first_tick(stack.settings, 120)
-        if exporting and exporting.wait(300):
-            raise RuntimeError(f"the model's export failed (exit status {exporting.returncode}): see "
-                               f"{settings.state_dir / 'logs' / 'export.log'}")
+        stack.finish_model_export(exporting)
         supervisor = Supervisor(stack, {"web": f"{web_url}/healthz", "flower": f"{flower_url}/healthcheck"})
         print(f"daas is up (provider: {settings.provider}; logs in {settings.state_dir / 'logs'})\n"
               f"  upload form  {web_url}/\n"

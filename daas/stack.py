@@ -165,6 +165,19 @@ class Stack:
         return subprocess.Popen([PYTHON, "-m", "daas", "export"], env=child_env(self.settings), stdout=self._log("export"),
                                 stderr=subprocess.STDOUT, process_group=self._group or 0)
 
+    def finish_model_export(self, process: subprocess.Popen | None, timeout: float = 300.0) -> None:
+        """Wait for `start_model_export`'s process: RuntimeError if it failed, TimeoutError if it
+        has not ended within `timeout` seconds (both name its log)."""
+        if process is None:
+            return
+        log = self.log_dir / "export.log" if self.log_dir else "its output"
+        try:
+            status = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"the model's export did not end within {timeout:.0f} s: see {log}") from None
+        if status:
+            raise RuntimeError(f"the model's export failed (exit status {status}): see {log}")
+
     def start_flower(self) -> str:
         s = self.settings
         process = self.spawn("flower", [PYTHON, "-m", "daas", "flower"])
