@@ -92,6 +92,7 @@ def test_bad_uploads_get_a_clear_4xx(service, name, data, status, message):
     assert message in response.json()["error"] and name in response.json()["error"]
     sync = service.http.post(service.url + "/classify", files={"myfile": (name, data)})
     assert sync.status_code == status and message in sync.text
+    assert sync.text.startswith(f"{name}: ") and sync.text.count(name) == 1, sync.text  # named once
 
 
 def test_no_files_is_a_400(service):

@@ -196,11 +196,15 @@ def test_a_stalled_control_plane_is_reported_and_never_fails_the_balancers_check
     assert "beat has sent no tick for 20 s" in app.get("/api/status").get_json()["control_plane"]
 
 
-def test_the_413_and_404_messages_come_from_their_routes(local_aws, tmp_path):
+def test_the_api_answers_its_errors_in_json_with_their_own_words(local_aws, tmp_path):
     app = create_app(make_settings(local_aws, tmp_path, max_image_bytes=1000)).test_client()
     big = app.post("/api/jobs", data={"images": (io.BytesIO(b"\xff\xd8" + b"\0" * 2000), "big.jpg")})
     assert big.status_code == 413 and "big.jpg" in big.get_json()["error"]
     assert app.get("/api/nothing-here").get_json()["error"].startswith("no job or resource")
+    wrong = app.delete("/api/jobs/" + "0" * 32)
+    assert wrong.status_code == 405 and wrong.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert wrong.get_json()["error"] == f"DELETE is not allowed on /api/jobs/{'0' * 32}; allowed: GET, HEAD, OPTIONS"
+    assert app.get("/nothing-here").status_code == 404  # the page's routes keep Flask's own
 
 
 def web_memory(stack) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from daas import config
@@ -60,11 +61,24 @@ def create_app(settings: config.Settings | None = None) -> Flask:
                              f"of at most {size(settings.max_image_bytes)} each, with their form headers): "
                              "send fewer or smaller images per request"), 413
 
-    @app.errorhandler(404)
-    def not_found(error):
-        if request.path.startswith("/api/"):
-            return jsonify(error=f"no job or resource at {request.path}"), 404
-        return error
+    @app.errorhandler(HTTPException)
+    def api_error(error: HTTPException):
+        """The API answers its errors in JSON, as its routes do (a client parses `error`); the
+        page's routes keep Flask's. The 413 above and the rate limit's 429 have their own words."""
+        if not request.path.startswith("/api/"):
+            return error
+        allowed = ", ".join(sorted(getattr(error, "valid_methods", None) or ()))  # a 405's
+        if error.code == 404:
+            message = f"no job or resource at {request.path}"
+        elif allowed:
+            message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+        else:
+            message = error.description
+        response = jsonify(error=message)
+        response.status_code = error.code
+        if allowed:
+            response.headers["Allow"] = allowed
+        return response
 
     return app
 

@@ -119,8 +119,9 @@ def classify_sync():
         return text("send exactly one file in the form field 'myfile'", 400)
     try:
         job_id, image, result = coalesce.classify_one(settings(), uploads[0], auth.client_id(), auth.owner())
-    except jobs.Rejected as exc:
-        return text(f"{jobs.display_name(uploads[0].name)}: {exc}", exc.status)
+    except jobs.Rejected as exc:  # the edge checks' reasons name the file already
+        name, reason = jobs.display_name(uploads[0].name), str(exc)
+        return text(reason if reason.startswith(f"{name}: ") else f"{name}: {reason}", exc.status)
     metrics.images_accepted.inc()  # counted once answered: it was queued, or Rejected above
     stem = PurePath(image["name"]).stem
     if result is None:
