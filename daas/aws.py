@@ -24,6 +24,11 @@ def _client(service: str, endpoint: str, region: str, role: str):
     return boto3.session.Session().client(service, endpoint_url=endpoint or None, region_name=region, config=config)
 
 
+def error_message(exc) -> str:
+    """AWS's own words for a refused call (a botocore ClientError), for a person to read."""
+    return exc.response.get("Error", {}).get("Message") or str(exc)
+
+
 def client(service: str, settings: Settings):
     """A cached, thread-safe boto3 client for the settings' endpoint and region."""
     return _client(service, settings.aws_endpoint, settings.region, ROLE)

@@ -396,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daas: {exc}", file=sys.stderr)
         return 2
     except ClientError as exc:  # AWS refused a call (a denied permission, a missing resource)
-        message = exc.response.get("Error", {}).get("Message") or str(exc)
-        print(f"daas {args.command}: AWS refused {exc.operation_name}: {message}", file=sys.stderr)
+        from daas.aws import error_message
+
+        print(f"daas {args.command}: AWS refused {exc.operation_name}: {error_message(exc)}", file=sys.stderr)
         return 1
     except BotoCoreError as exc:  # no credentials, an endpoint that does not answer
         print(f"daas {args.command}: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from daas import aws, leases
 from daas.config import Settings
@@ -139,7 +139,7 @@ def problems(settings: Settings, options: Options, notes: list[str] | None = Non
     try:
         aws.client("cloudformation", settings).validate_template(TemplateBody=TEMPLATE.read_text())
     except ClientError as exc:
-        found.append(f"CloudFormation refuses the template: {_message(exc)}")
+        found.append(f"CloudFormation refuses the template: {aws.error_message(exc)}")
     return found
 
 
@@ -151,7 +151,7 @@ def _quota_problems(settings: Settings, options: Options, notes: list[str]) -> l
     try:
         described = ec2.describe_instance_types(InstanceTypes=sorted({*workers, *others}))["InstanceTypes"]
     except ClientError as exc:
-        return [f"unknown instance type: {_message(exc)}"]
+        return [f"unknown instance type: {aws.error_message(exc)}"]
     vcpus = {t["InstanceType"]: t["VCpuInfo"]["DefaultVCpus"] for t in described}
     # At its largest: every worker on demand (the spot fallback) in the largest of the pools' types.
     needed = max(vcpus[name] for name in workers) * options.scale_max + sum(
@@ -160,7 +160,7 @@ def _quota_problems(settings: Settings, options: Options, notes: list[str]) -> l
         quota = aws.client("service-quotas", settings).get_service_quota(
             ServiceCode=VCPU_QUOTA[0], QuotaCode=VCPU_QUOTA[1])["Quota"]["Value"]
     except ClientError as exc:
-        notes.append(f"could not read the on-demand vCPU quota ({_message(exc)}); the stack needs {needed} vCPUs "
+        notes.append(f"could not read the on-demand vCPU quota ({aws.error_message(exc)}); the stack needs {needed} vCPUs "
                      "at its largest")
         return []
     if quota < needed:
@@ -177,15 +177,11 @@ def _exists(call: Callable[[], object]) -> bool:
         return False
 
 
-def _message(exc: ClientError) -> str:
-    return exc.response.get("Error", {}).get("Message") or str(exc)
-
-
 def stack_status(settings: Settings, stack: str) -> str | None:
     try:
         return aws.client("cloudformation", settings).describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"]
     except ClientError as exc:
-        if "does not exist" in _message(exc):
+        if "does not exist" in aws.error_message(exc):
             return None
         raise
 
@@ -242,8 +238,8 @@ def deploy(settings: Settings, options: Options, out: Out = print) -> dict[str, 
             out(f"updating stack {options.stack} in {settings.region}")
             cfn.update_stack(**request)
     except ClientError as exc:
-        if "No updates are to be performed" not in _message(exc):
-            raise DeployError(_message(exc)) from None
+        if "No updates are to be performed" not in aws.error_message(exc):
+            raise DeployError(aws.error_message(exc)) from None
         out("no changes")
     watch(settings, options.stack, since, out)
     outputs = stack_outputs(settings, options.stack)
@@ -274,7 +270,7 @@ def watch(settings: Settings, stack: str, since: float, out: Out, poll: float | 
         try:
             events = cfn.describe_stack_events(StackName=stack)["StackEvents"]
         except ClientError as exc:
-            if "does not exist" in _message(exc):
+            if "does not exist" in aws.error_message(exc):
                 return "DELETE_COMPLETE"
             raise
         for event in reversed(events):
@@ -395,15 +391,11 @@ def command_destroy(args, settings: Settings) -> int:
 
 
 def _in_words(what: str, run: Callable[[], object]) -> int:
-    """Run a command; its failure (ours, or AWS's: a denied call, no credentials) ends the process
-    with one line, not a traceback."""
+    """Run a command; its own failure ends the process with one line, not a traceback (AWS's
+    failures, a denied call or no credentials, are worded for every command by daas.cli.main)."""
     try:
         run()
     except DeployError as exc:
-        raise SystemExit(f"{what} failed: {exc}") from None
-    except ClientError as exc:
-        raise SystemExit(f"{what} failed: AWS refused {exc.operation_name}: {_message(exc)}") from None
-    except BotoCoreError as exc:
         raise SystemExit(f"{what} failed: {exc}") from None
     return 0
 
