@@ -122,15 +122,15 @@ def _alive(pid: int) -> bool:
         return True
 
 
-# A launched instance is counted for REMEMBER_LAUNCHES seconds even where DescribeInstances does not
-# list it yet (EC2's API is eventually consistent: a describe right after RunInstances may miss it).
 LIVE_STATES = ("pending", "running")
 
 
 def instance_states(described: dict[str, tuple[str, float]], remembered: dict[str, float],
                     now: float) -> dict[str, tuple[str, float]]:
     """{instance id: (state, launched)} of the live instances: those DescribeInstances lists as
-    pending or running, and recent launches it does not list yet (counted as pending)."""
+    pending or running, and launches of the last REMEMBER_LAUNCHES seconds (daas.config) it does not
+    list yet, counted as pending: EC2's API is eventually consistent, and a describe right after
+    RunInstances may miss the new instances."""
     live = {iid: (state, at) for iid, (state, at) in described.items() if state in LIVE_STATES}
     for iid, at in remembered.items():
         if iid not in described and now - at < config.REMEMBER_LAUNCHES:

@@ -28,7 +28,7 @@ Every stack runs on free ports with its own buckets, queues and state folder, al
 AWS endpoint started once for the whole run.
 
 The modules: `performance` (all) and `scaling`, `soak`, `batch`, `simulate`, `gpu`, each with its
-`main(args, out)`; what they share: `workload` (the images), `harness` (workspace, machine, cores),
+`run_from(args, out)` (see main); what they share: `workload` (the images), `harness` (workspace, machine, cores),
 `stacks` (the local endpoint and the stacks on it), `measure` (upload and wait for every label);
 the modes of `all`: `raw`, `service` (with single and burst), `starts` (baseline, boot, cold),
 `stages`.

@@ -4,7 +4,8 @@ The file is named by the model, a hash of its weights and the exporter's version
 a new torch make a new export and an old file is never run by mistake. It lives in DAAS_MODEL_CACHE
 (default <state_dir>/models): the worker AMI bakes it in at build time (`python -m daas export`, see
 worker_ami/), locally `daas up` makes it before it says it is up (daas.stack.start_model_export),
-and a worker that finds none makes it, with a line saying so, while the others wait for it. Nothing is downloaded: the weights are on disk.
+and a worker that finds none makes it, with a line saying so, while the others wait for it. Nothing
+is downloaded: the weights are on disk.
 
 Only the export itself imports torch; finding the cached file does not.
 """
