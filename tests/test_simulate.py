@@ -74,12 +74,43 @@ def test_the_fixed_fleet_is_billed_from_its_launch_a_boot_before_the_trace():
     assert result["instance_hours"] * 3600 == pytest.approx(120.0 + 600.0)
 
 
-def test_verdicts_name_what_is_worse():
+def test_verdicts_name_what_is_worse_and_which_kind_of_loss_it_is():
     rows = {"ours": {"p99_s": 10.0, "usd_on_demand": 1.0}, "cheap": {"p99_s": 20.0, "usd_on_demand": 0.5},
             "fast": {"p99_s": 1.0, "usd_on_demand": 2.0}, "both": {"p99_s": 1.0, "usd_on_demand": 0.5},
-            "same": {"p99_s": 10.1, "usd_on_demand": 1.0}}
-    assert simulate.verdicts(rows, "ours") == {"cheap": "dearer", "fast": "slower p99",
-                                               "both": "slower p99 and dearer", "same": ""}
+            "same": {"p99_s": 10.1, "usd_on_demand": 1.0}, "as fast, cheaper": {"p99_s": 10.0, "usd_on_demand": 0.9},
+            "faster, as cheap": {"p99_s": 9.0, "usd_on_demand": 1.005}}
+    judged = simulate.verdicts(rows, "ours")
+    assert {peer: v.kind for peer, v in judged.items()} == {
+        "cheap": "trade", "fast": "trade", "both": "dominated", "same": "", "as fast, cheaper": "dominated",
+        "faster, as cheap": "dominated"}
+    assert judged["cheap"].words == "dearer (+100.0%), p99 2.0x shorter"
+    assert judged["fast"].words == "slower p99, 2.00x cheaper"
+    assert judged["both"].words == "slower p99 and dearer"
+    # Slower than a peer whose p99 no policy from zero could reach: a loss of its own kind.
+    from_zero = simulate.verdicts(rows, "ours", floor=8.0)
+    assert from_zero["both"] == simulate.Verdict(
+        "from zero", "slower p99 and dearer: no policy from zero can be as fast (p99 >= 8.0 s)")
+    assert from_zero["faster, as cheap"].kind == "dominated"  # its 9 s is above the floor: within reach
+
+
+@pytest.mark.parametrize("boot", (5.0, 120.0))
+def test_no_policy_from_zero_has_a_p99_under_the_floor_and_a_fleet_booted_before_can(boot):
+    seed = Trace("seed", [(0.0, 10), (600.0, 30)], 1200.0)
+    for trace in (BURSTS, seed, simulate.poisson("short", lambda t: 20.0, 900.0, seed=1)):
+        floor = simulate.from_zero_floor(trace, boot, RATE)
+        for policy in (BootAware(), PerMessage(), KedaLike(), SageMakerLike()):
+            assert simulate.simulate(trace, policy, boot, RATE)["p99_s"] >= floor - 1e-9, (trace.name, policy.name)
+    for trace in (BURSTS, seed):  # a third of their images come at once, at the start
+        assert simulate.from_zero_floor(trace, boot, RATE) >= boot - 1
+        assert simulate.simulate(trace, FixedFleet(), boot, RATE)["p99_s"] < 1
+
+
+def test_the_floor_is_the_boot_s_wait_and_the_work_of_each_message():
+    # 100 images at once and 100 more a boot later: half wait the boot; all take a message's work.
+    trace = Trace("two", [(0.0, 100), (130.0, 100)], 300.0)
+    assert simulate.from_zero_floor(trace, 120.0, RATE) == pytest.approx(120.0 + 10 / RATE)
+    assert simulate.from_zero_floor(Trace("late", [(0.0, 1), (130.0, 200)], 300.0), 120.0, RATE) == (
+        pytest.approx(10 / RATE))
 
 
 def test_the_model_of_one_worker_matches_the_measured_elastic_run():
@@ -92,15 +123,18 @@ def test_the_model_of_one_worker_matches_the_measured_elastic_run():
 
 def test_the_report_prices_and_prints_every_trace(tmp_path):
     trace = Trace("tiny", [(0.0, 30), (100.0, 10)], 300.0)
-    rows = {p.name: simulate.priced(simulate.simulate(trace, p, 60.0, RATE), trace, simulate.PRICES)
-            for p in simulate.policies()}
+    block = simulate.compared(trace, 60.0, RATE, simulate.PRICES)
+    rows = block["rows"]
     report = {"rate_images_per_s": RATE, "prices": simulate.PRICES, "maximum_workers": simulate.MAXIMUM,
-              "traces": [{"trace": trace.name, "images": trace.images, "boot_s": 60.0, "rows": rows,
-                          "not_better_than": simulate.verdicts(rows, BootAware.name)}],
+              "traces": [block], "losses": simulate.losses([block]),
               "tuning": [{"drain_target_s": 15.0, "work_per_boot": 3.0, "usd_on_demand": 1.0, "comparisons_lost": 0}],
               "chosen": {"drain_target_s": 15.0, "work_per_boot": 3.0}}
     text = simulate.format_report(report)
     assert "tiny" in text and "fixed fleet (peak)" in text and "chosen: 15 s, 3.0" in text
+    # The fixed fleet, booted before the trace, is the one peer whose p99 no policy from zero reaches.
+    assert block["loss_kinds"]["fixed fleet (peak)"] == "from zero"
+    assert "no policy from zero has a p99 under 60.2 s" in text
+    assert f"in {report['losses']['lost']} of 4 comparisons: {report['losses']['from zero']} where no policy" in text
     assert rows[BootAware.name]["images_per_usd"] == pytest.approx(
         40 / (rows[BootAware.name]["instance_hours"] * simulate.PRICES["on_demand_per_h"]))
     simulate.plot(report, tmp_path / "s.png")

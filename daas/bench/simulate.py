@@ -15,6 +15,11 @@ scale-down stabilisation), a SageMaker-async-like one (target tracking on backlo
 over one-minute datapoints, 3 to scale out and 15 to scale in, a 300 s scale-in cooldown, and a
 step policy to leave zero), and a fixed fleet sized for the trace's peak minute.
 
+Each comparison the new policy loses is said to be one of three kinds (Verdict): a p99 that no
+policy starting from zero workers could reach (the fixed fleet's, booted before the trace: the
+first images of every other policy wait for a boot, and from_zero_floor computes the p99 that wait
+alone makes), a trade of cost against p99, or a plain loss.
+
 The model of one worker is checked against a measured local run: `check_against` replays the
 scaling bench's elastic 100-image run (docs/scaling.json) with its measured boot and rate.
 """
@@ -383,17 +388,63 @@ def priced(result: dict, trace: Trace, prices: dict) -> dict:
             "images_per_usd": trace.images / on_demand if on_demand else math.inf}
 
 
-def verdicts(rows: dict[str, dict], ours: str) -> dict[str, str]:
-    """{peer: "" where ours is at least as good on p99 at no more cost, else why not}. Within
-    half a second or 2% of p99, and 1% of cost, counts as equal (event timing, not policy)."""
-    mine, out = rows[ours], {}
-    for peer, row in rows.items():
-        if peer == ours:
-            continue
-        slower = mine["p99_s"] > max(row["p99_s"] * 1.02, row["p99_s"] + 0.5)
-        dearer = mine["usd_on_demand"] > row["usd_on_demand"] * 1.01 + 1e-9
-        out[peer] = " and ".join(why for why, bad in (("slower p99", slower), ("dearer", dearer)) if bad)
-    return out
+def from_zero_floor(trace: Trace, boot: float, rate: float) -> float:
+    """The shortest p99 that any policy starting with no worker could reach on `trace`: with as many
+    workers as it likes launched at the first upload, each message waits for their boot (or for
+    its own upload, if later), then for its own images' work. Every policy here but the fixed fleet
+    starts from zero, so no image of theirs is labelled sooner, and none of their p99s is below this."""
+    ready = trace.uploads[0][0] + boot
+    latencies, images = [], []
+    for uploaded, count in trace.uploads:
+        for start in range(0, count, IMAGES_PER_MESSAGE):
+            size = min(IMAGES_PER_MESSAGE, count - start)
+            latencies.append(max(uploaded, ready) - uploaded + size / rate)
+            images.append(size)
+    return float(np.percentile(np.repeat(latencies, images), 99))
+
+
+def slower(p99: float, than: float) -> bool:
+    """Within half a second or 2% counts as the same p99 (event timing, not policy)."""
+    return p99 > max(than * 1.02, than + 0.5)
+
+
+def dearer(usd: float, than: float) -> bool:
+    """Within 1% counts as the same cost."""
+    return usd > than * 1.01 + 1e-9
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How ours compares with one peer. kind: "" where ours is at least as good on p99 at no more
+    cost; "from zero" where it is slower and no policy that starts from zero workers could be as
+    fast (the peer's workers were booted before the trace: see from_zero_floor); "trade" where it
+    is slower but cheaper, or dearer but faster; "dominated" where it is worse on one and no
+    better on the other."""
+
+    kind: str
+    words: str
+
+
+def verdict(mine: dict, theirs: dict, floor: float | None = None) -> Verdict:
+    """Ours (`mine`) against one peer's row; `floor`: the trace's from_zero_floor."""
+    is_slower = slower(mine["p99_s"], theirs["p99_s"])
+    is_dearer = dearer(mine["usd_on_demand"], theirs["usd_on_demand"])
+    worse = " and ".join(why for why, bad in (("slower p99", is_slower), ("dearer", is_dearer)) if bad)
+    if not worse:
+        return Verdict("", "")
+    if is_slower and floor is not None and slower(floor, theirs["p99_s"]):
+        return Verdict("from zero", f"{worse}: no policy from zero can be as fast (p99 >= {floor:.1f} s)")
+    if is_slower and not is_dearer and dearer(theirs["usd_on_demand"], mine["usd_on_demand"]):
+        return Verdict("trade", f"{worse}, {theirs['usd_on_demand'] / mine['usd_on_demand']:.2f}x cheaper")
+    if is_dearer and not is_slower and slower(theirs["p99_s"], mine["p99_s"]):
+        extra = mine["usd_on_demand"] / theirs["usd_on_demand"] - 1
+        return Verdict("trade", f"{worse} (+{extra:.1%}), p99 {theirs['p99_s'] / max(mine['p99_s'], 1e-9):.1f}x shorter")
+    return Verdict("dominated", worse)
+
+
+def verdicts(rows: dict[str, dict], ours: str, floor: float | None = None) -> dict[str, Verdict]:
+    """{peer: how ours compares with it}, for every peer in `rows`; `floor`: from_zero_floor."""
+    return {peer: verdict(rows[ours], row, floor) for peer, row in rows.items() if peer != ours}
 
 
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
@@ -413,14 +464,23 @@ def scaling_report(out: Path) -> Path | None:
     return next((folder / "scaling.json" for folder in (out, DOCS) if (folder / "scaling.json").exists()), None)
 
 
+def compared(trace: Trace, boot: float, rate: float, prices: dict) -> dict:
+    """Every policy on one trace at one boot time, priced, and how the new policy compares."""
+    rows = {p.name: priced(simulate(trace, p, boot, rate), trace, prices) for p in policies()}
+    floor = from_zero_floor(trace, boot, rate)
+    judged = verdicts(rows, BootAware.name, floor)
+    return {"trace": trace.name, "images": trace.images, "boot_s": boot, "rows": rows, "from_zero_floor_p99_s": floor,
+            "not_better_than": {peer: v.words for peer, v in judged.items()},
+            "loss_kinds": {peer: v.kind for peer, v in judged.items()}}
+
+
 def run(out: Path, rate: float, prices: dict = PRICES, scaling_report: Path | None = None) -> dict:
     report = {"rate_images_per_s": rate, "prices": prices, "maximum_workers": MAXIMUM,
               "idle_timeout_s": IDLE_TIMEOUT, "traces": [], "tuning": []}
     for trace in traces():
         for boot in BOOTS:
-            rows = {p.name: priced(simulate(trace, p, boot, rate), trace, prices) for p in policies()}
-            report["traces"].append({"trace": trace.name, "images": trace.images, "boot_s": boot, "rows": rows,
-                                     "not_better_than": verdicts(rows, BootAware.name)})
+            report["traces"].append(compared(trace, boot, rate, prices))
+    report["losses"] = losses(report["traces"])
     report["tuning"] = tune(rate, prices)
     report["chosen"] = chosen(report["tuning"])
     if scaling_report and scaling_report.exists():
@@ -429,6 +489,13 @@ def run(out: Path, rate: float, prices: dict = PRICES, scaling_report: Path | No
     (out / "simulate.json").write_text(json.dumps(report, indent=1))
     plot(report, out / "simulate.png")
     return report
+
+
+def losses(blocks: list[dict]) -> dict[str, int]:
+    """How many comparisons ours loses over every trace and boot, by kind (see Verdict)."""
+    kinds = [kind for block in blocks for kind in block["loss_kinds"].values() if kind]
+    return {"compared": sum(len(block["loss_kinds"]) for block in blocks), "lost": len(kinds),
+            **{kind: kinds.count(kind) for kind in ("from zero", "trade", "dominated")}}
 
 
 def tune(rate: float, prices: dict, targets: tuple[float, ...] = (15.0, 30.0, 60.0),
@@ -449,7 +516,7 @@ def tune(rate: float, prices: dict, targets: tuple[float, ...] = (15.0, 30.0, 60
                     rows = {BootAware.name: ours, **peers[(trace.name, boot)]}
                     cost += ours["usd_on_demand"]
                     p99 += ours["p99_s"]
-                    lost += sum(bool(why) for why in verdicts(rows, BootAware.name).values())
+                    lost += sum(bool(v.kind) for v in verdicts(rows, BootAware.name).values())
             table.append({"drain_target_s": target, "work_per_boot": value, "usd_on_demand": cost,
                           "p99_sum_s": p99, "comparisons_lost": lost})
     return table
@@ -486,13 +553,18 @@ def format_report(report: dict) -> str:
              f"workers; {report['prices']['instance_type']} at ${report['prices']['on_demand_per_h']}/h on demand, "
              f"${report['prices']['spot_per_h']}/h spot ({report['prices']['dated']})"]
     for block in report["traces"]:
-        lines.append(f"\n{block['trace']} — {block['images']:,} images, boot {block['boot_s']:.0f} s")
+        lines.append(f"\n{block['trace']} — {block['images']:,} images, boot {block['boot_s']:.0f} s; no policy "
+                     f"from zero has a p99 under {block['from_zero_floor_p99_s']:.1f} s")
         lines.append(f"  {'policy':<34}{'inst-h':>8}{'$ od':>9}{'$ spot':>9}{'p50 s':>9}{'p99 s':>9}"
                      f"{'img/$':>10}  new policy vs it")
         for name, row in block["rows"].items():
-            verdict = "" if name == BootAware.name else (block["not_better_than"][name] or "ok")
+            said = "" if name == BootAware.name else (block["not_better_than"][name] or "ok")
             lines.append(f"  {name:<34}{row['instance_hours']:>8.2f}{row['usd_on_demand']:>9.3f}{row['usd_spot']:>9.3f}"
-                         f"{row['p50_s']:>9.1f}{row['p99_s']:>9.1f}{row['images_per_usd']:>10,.0f}  {verdict}")
+                         f"{row['p50_s']:>9.1f}{row['p99_s']:>9.1f}{row['images_per_usd']:>10,.0f}  {said}")
+    n = report["losses"]
+    lines.append(f"\nthe new policy is not at least as good in {n['lost']} of {n['compared']} comparisons: "
+                 f"{n['from zero']} where no policy from zero can be as fast, {n['trade']} trades of cost "
+                 f"against p99, {n['dominated']} worse on one and no better on the other")
     lines.append("\nthe policy's constants (drain target s, work per boot): total $ on demand, sum of p99s, "
                  "comparisons lost")
     lines += [f"  {t['drain_target_s']:>4.0f} s, {t['work_per_boot']:.1f}: ${t['usd_on_demand']:.2f}, "
