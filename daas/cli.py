@@ -239,7 +239,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                    **({"callback_url": args.callback_url} if args.callback_url else {})}
         created = client.create_batch(request)
         if args.dry_run:
-            print(f"{created['count']} images, {created['bytes'] / 1e6:.1f} MB would be classified")
+            print(f"{created['count']:,} images, {in_units(created['bytes'])} would be classified")
             return 0
         print(f"batch {created['batch_id']}: results to {created['output']}", file=sys.stderr)
         if args.no_wait:
@@ -384,6 +384,14 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--minutes", type=float, default=30, help="how long the soak runs")
     bench.set_defaults(func=cmd_bench)
     return root
+
+
+def in_units(size: int) -> str:
+    """Bytes in the largest decimal unit that keeps a figure of at least 1 (41.0 GB, 3.2 kB)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 def main(argv: list[str] | None = None) -> int:

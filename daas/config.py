@@ -40,7 +40,7 @@ RATE_LIMIT_CONTENDED_WAIT = 1.0  # a request that lost every conditional write i
 CALLBACK_FIRST_WAIT, CALLBACK_LONGEST_WAIT = 1.0, 60.0  # the backoff between attempts
 CALLBACK_ATTEMPT_TIMEOUT = 10.0  # one POST
 # The controller, beside scale_interval and batch_interval:
-TICKS_MISSED_UNHEALTHY = 3  # /healthz and `up` call the autoscaler stalled after this many intervals
+TICKS_MISSED_UNHEALTHY = 3  # /api/status and `up` call the autoscaler stalled after this many intervals
 METRICS_TICK_CACHE = 5.0  # the controller's /metrics reads the tick record at most this often
 MAX_LAUNCH_BACKOFF = 300.0  # after EC2 refuses launches, the next try waits up to this long (daas.autoscale)
 REMEMBER_LAUNCHES = 300.0  # a launched instance counts until DescribeInstances lists it, this long at most
@@ -257,7 +257,7 @@ class Settings:
     def check(self) -> None:
         """Refuse settings that cannot work together (ConfigError naming the variables); called for
         every Settings, so a process with such settings stops at its start, not hours later."""
-        problems = [problem for problem in (self._one_of_choices(), self._periods_positive(),
+        problems = [problem for problem in (self._one_of_choices(), self._in_range(),
                                             self._stall_outlasts_polls(), self._within_sqs_limits()) if problem]
         if problems:
             raise ConfigError("; ".join(problems))
@@ -267,11 +267,26 @@ class Settings:
                for name, values in CHOICES.items() if getattr(self, name) not in values]
         return "; ".join(bad)
 
-    def _periods_positive(self) -> str:
-        periods = ("heartbeat_interval", "scale_interval", "sweep_interval", "batch_interval",
-                   "queue_lease_interval", "stall_timeout", "result_timeout", "task_time_limit")
+    def _in_range(self) -> str:
+        periods = ("heartbeat_interval", "scale_interval", "sweep_interval", "batch_interval", "queue_lease_interval",
+                   "stall_timeout", "result_timeout", "task_time_limit", "web_timeout", "callback_timeout",
+                   "ec2_join_timeout", "scale_drain_target")
+        counts = ("web_workers", "web_threads", "images_per_task", "worker_concurrency", "inference_threads",
+                  "prefetch_multiplier", "max_files", "max_image_bytes", "max_image_pixels", "batch_queue_ahead")
+        # 0 means something for these (never, none, the default, every core), a negative value nothing
+        zero_or_more = ("idle_timeout", "max_lifetime", "rate_limit", "trusted_proxies", "worker_processes",
+                        "scale_min", "scale_boot_time", "controller_metrics_port")
         bad = [f"{ENV_VARS[name]}={getattr(self, name):g}" for name in periods if getattr(self, name) <= 0]
-        return f"{', '.join(bad)}: must be more than 0 seconds" if bad else ""
+        problems = [f"{', '.join(bad)}: must be more than 0 seconds"] if bad else []
+        problems += [f"{ENV_VARS[name]}={getattr(self, name)}: must be 1 or more"
+                     for name in counts if getattr(self, name) < 1]
+        if self.scale_worker_rate <= 0:
+            problems.append(f"DAAS_SCALE_WORKER_RATE={self.scale_worker_rate:g}: must be more than 0 images a second")
+        problems += [f"{ENV_VARS[name]}={getattr(self, name):g}: must be 0 or more"
+                     for name in zero_or_more if getattr(self, name) < 0]
+        if self.scale_min > self.scale_max:
+            problems.append(f"DAAS_SCALE_MIN={self.scale_min} is more than DAAS_SCALE_MAX={self.scale_max}")
+        return "; ".join(problems)
 
     def _stall_outlasts_polls(self) -> str:
         least = STALL_POLLS * CONSUMER_LONG_POLL
@@ -305,12 +320,23 @@ def _env_name(field_name: str) -> str:
 ENV_VARS: dict[str, str] = {f.name: _env_name(f.name) for f in fields(Settings)}
 
 
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _parse_bool(raw: str) -> bool:
+    # A misspelt "ture" read as False would turn a feature off without a word.
+    if raw.lower() not in TRUE + FALSE:
+        raise ValueError(raw)
+    return raw.lower() in TRUE
+
+
 def _parse(field_type: str, name: str, raw: str):
-    parsers = {"int": int, "float": float, "Path": Path,
-               "bool": lambda v: v.lower() in ("1", "true", "yes", "on")}
+    parsers = {"int": int, "float": float, "Path": Path, "bool": _parse_bool}
     try:
         return parsers.get(field_type, str)(raw)
     except ValueError:
+        if field_type == "bool":
+            raise ConfigError(f"{name}={raw!r} is neither of {'/'.join(TRUE)} nor of {'/'.join(FALSE)}") from None
         raise ConfigError(f"{name} must be of type {field_type}, got {raw!r}") from None
 
 

@@ -132,7 +132,8 @@ def test_a_batch_lists_its_prefix_classifies_from_the_source_and_calls_back(loca
         cli = [sys.executable, "-m", "daas", "batch", "--url", url]
         dry_cli = subprocess.run([*cli, f"s3://{bucket}/2026/", "--include", "*.jpg", "--dry-run"],
                                  capture_output=True, text=True, timeout=60, env=child_env(settings))
-        assert dry_cli.returncode == 0 and "4 images" in dry_cli.stdout, dry_cli.stdout + dry_cli.stderr
+        assert dry_cli.returncode == 0, dry_cli.stdout + dry_cli.stderr
+        assert re.fullmatch(r"4 images, [0-9.]+ kB would be classified\n", dry_cli.stdout), dry_cli.stdout
         run = subprocess.run([*cli, f"s3://{bucket}/2026/deep/"], capture_output=True, text=True, timeout=120,
                              env=child_env(settings))
         assert run.returncode == 0 and "done: 1 labelled, 0 errors" in run.stdout, run.stdout + run.stderr

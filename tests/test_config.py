@@ -54,12 +54,20 @@ def test_the_defaults_and_every_test_profile_pass_the_checks():
     ({"DAAS_MAX_RECEIVES": "1001"}, "DAAS_MAX_RECEIVES=1001"),
     ({"DAAS_HEARTBEAT_INTERVAL": "0", "DAAS_SCALE_INTERVAL": "-1"},
      "DAAS_HEARTBEAT_INTERVAL=0, DAAS_SCALE_INTERVAL=-1: must be more than 0 seconds"),
+    ({"DAAS_WEB_TIMEOUT": "0", "DAAS_SCALE_DRAIN_TARGET": "-5"},
+     "DAAS_WEB_TIMEOUT=0, DAAS_SCALE_DRAIN_TARGET=-5: must be more than 0 seconds"),
+    ({"DAAS_IMAGES_PER_TASK": "0"}, "DAAS_IMAGES_PER_TASK=0: must be 1 or more"),
+    ({"DAAS_SCALE_WORKER_RATE": "0"}, "DAAS_SCALE_WORKER_RATE=0: must be more than 0 images a second"),
+    ({"DAAS_IDLE_TIMEOUT": "-1"}, "DAAS_IDLE_TIMEOUT=-1: must be 0 or more"),
+    ({"DAAS_SCALE_MIN": "5", "DAAS_SCALE_MAX": "2"}, "DAAS_SCALE_MIN=5 is more than DAAS_SCALE_MAX=2"),
+    ({"DAAS_EVENTS": "ture"}, "DAAS_EVENTS='ture' is neither of 1/true/yes/on nor of 0/false/no/off"),
 ])
 def test_settings_that_cannot_work_together_are_refused_with_the_variables_named(env, says):
     """AWS refuses what the local endpoint takes (a visibility past 12 h in all, a redrive count over
     1,000), a stall timeout inside two long polls would restart every idle worker, and a misspelt
-    capacity was found only at the first launch (a runtime, at every worker's boot): each is refused
-    when the settings are read, at a process's start, with what would work."""
+    capacity was found only at the first launch (a runtime, at every worker's boot), a misspelt
+    switch read as off: each is refused when the settings are read, at a process's start, with what
+    would work."""
     with pytest.raises(config.ConfigError) as refused:
         config.load(env)
     assert says in str(refused.value)
