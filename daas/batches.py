@@ -124,9 +124,12 @@ def new(settings: Settings, request: object, owner: str = "") -> dict:
 
 def matches(batch: dict, key: str) -> bool:
     """Whether a listed key is one of the batch's images: the globs match the key below the source
-    prefix (`*` spans folders, as in fnmatch); folder placeholders (keys ending in /) never do."""
+    prefix (`*` spans folders, as in fnmatch); folder placeholders (keys ending in /) never do, nor
+    the web tier's packs of uploads (storage.pack_key), which share the input bucket with what
+    people put there for batches (a batch over the whole bucket had labelled each pack by its
+    first image)."""
     relative = key[len(batch["source"]["prefix"]):]
-    return not key.endswith("/") and fnmatch.fnmatchcase(relative, batch["include"]) and \
+    return not key.endswith(("/", storage.PACK_SUFFIX)) and fnmatch.fnmatchcase(relative, batch["include"]) and \
         not (batch["exclude"] and fnmatch.fnmatchcase(relative, batch["exclude"]))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import secrets
 import signal
@@ -102,8 +103,13 @@ def cmd_flower(_args: argparse.Namespace) -> int:
     """Flower behind basic auth. The credentials reach it in its environment (Flower reads
     FLOWER_<option> variables), never on a command line that `ps` shows."""
     from daas.parameters import with_secrets
+    from daas.stack import listening
 
-    settings, _ = flower_credentials(with_secrets(config.load()))
+    loaded = config.load()
+    if listening(loaded, loaded.flower_port):  # Flower would end in an OSError's traceback
+        raise SystemExit(f"daas flower: port {loaded.flower_port} is in use (a `make run` still running?); "
+                         "stop it, or set DAAS_FLOWER_PORT to another port")
+    settings, _ = flower_credentials(with_secrets(loaded))
     os.environ["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password}"
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "daas.celery_app", "flower",
                               f"--address={settings.host}", f"--port={settings.flower_port}",
@@ -123,9 +129,10 @@ def cmd_init(_args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from daas.serving import prepare_metrics_folder
+    from daas.serving import claim_web_port, prepare_metrics_folder
 
     loaded = config.load()
+    claim_web_port(loaded)  # before its metrics folder is emptied: it might be a running tier's
     prepare_metrics_folder(loaded)  # before anything imports prometheus_client
     from daas import aws
     from daas.parameters import with_secrets
@@ -179,17 +186,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return worker.run(register_in=args.register_in, processes=args.processes)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
 def _image_files(paths: list[str]) -> list[Path]:
-    suffixes = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-    files = []
+    """The files named, and the images in the folders named (by suffix; the others are counted on stderr)."""
+    files, skipped = [], []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            found = sorted(p for p in path.rglob("*") if p.is_file())
+            files += [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+            skipped += [p for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
         elif path.is_file():
             files.append(path)
         else:
             raise SystemExit(f"no such file or folder: {raw}")
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) in the folders without an image suffix ({', '.join(IMAGE_SUFFIXES)}), "
+              f"e.g. {skipped[0]}; name a file to send it anyway", file=sys.stderr)
     return files
 
 
@@ -204,21 +219,22 @@ def cmd_classify(args: argparse.Namespace) -> int:
     try:
         results = ServiceClient(args.url, key=args.key).classify_files(files, batch=args.batch,
                                                                        timeout=args.timeout)
-    except ServiceError as exc:  # a missing or wrong key, a refused upload: one line, no traceback
+    except ServiceError as exc:  # a missing or wrong key, no service: one line, no traceback
         raise SystemExit(str(exc)) from None
     failed = 0
     for result in results:
         if result["status"] == "done":
-            print(f"{result['name']}: {result['label']} ({result['score']:.2f})")
+            print(f"{result['path']}: {result['label']} ({result['score']:.2f})")
         else:
             failed += 1
-            print(f"{result['name']}: ERROR {result.get('error') or result['status']}")
+            print(f"{result['path']}: ERROR {result.get('error') or result['status']}")
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["name", "status", "label", "score", "error"])
+            writer.writerow(["path", "name", "status", "label", "score", "error"])
             for r in results:
-                writer.writerow([r["name"], r["status"], r.get("label") or "", r.get("score") or "", r.get("error") or ""])
+                writer.writerow([r["path"], r["name"], r["status"], r.get("label") or "", r.get("score") or "",
+                                 r.get("error") or ""])
     return 1 if failed else 0
 
 
@@ -270,7 +286,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot} ({len(records)} scaling decisions)")
     else:
         for record in records[-args.last:]:
-            print(record)
+            print(json.dumps(record))  # one JSON object a line: for jq, grep and people alike
     return 0
 
 
@@ -350,7 +366,7 @@ def parser() -> argparse.ArgumentParser:
 
     tl = sub.add_parser("timeline", help="the autoscaler's decisions; --plot draws them")
     tl.add_argument("--plot", help="write a PNG plot of queue depth and workers over time")
-    tl.add_argument("--last", type=int, default=20)
+    tl.add_argument("--last", type=at_least_one, default=20, help="how many of the latest decisions to print")
     tl.set_defaults(func=cmd_timeline)
 
     dep = sub.add_parser("deploy", help="create or update the service's CloudFormation stack on AWS")
@@ -386,6 +402,25 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def credentials_hint(exc: Exception) -> str:
+    """What to do about boto3 finding no credentials: the local endpoint takes any."""
+    from botocore.exceptions import NoCredentialsError
+
+    if not isinstance(exc, NoCredentialsError):
+        return ""
+    if config.load().aws_endpoint:
+        return (" (the local endpoint takes any: AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing, "
+                "as `daas up` sets them for its processes)")
+    return " (give them as boto3 reads them: `aws configure`, AWS_PROFILE, the environment, an instance role)"
+
+
+def at_least_one(raw: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number of 1 or more")
+    return int(raw)
+
+
 def in_units(size: int) -> str:
     """Bytes in the largest decimal unit that keeps a figure of at least 1 (41.0 GB, 3.2 kB)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -409,5 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daas {args.command}: AWS refused {exc.operation_name}: {error_message(exc)}", file=sys.stderr)
         return 1
     except BotoCoreError as exc:  # no credentials, an endpoint that does not answer
-        print(f"daas {args.command}: {exc}", file=sys.stderr)
+        print(f"daas {args.command}: {exc}{credentials_hint(exc)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `daas timeline | head` stopped reading: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit fails else
+        return 141

@@ -4,6 +4,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -11,11 +12,22 @@ from tqdm import tqdm
 
 
 class ServiceError(RuntimeError):
-    """The service refused a request; the message is one line, written for the person at the CLI."""
+    """The service refused a request; the message is one line, written for the person at the CLI.
+    status 0: no answer at all; retry_after: the seconds a 429 asked to wait (None: retrying the
+    same request cannot help)."""
 
-    def __init__(self, message: str, status: int):
+    def __init__(self, message: str, status: int, retry_after: float | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
+
+
+@dataclass
+class Sent:
+    """Files sent in one request: the job they became, or why the service refused them."""
+
+    paths: list[Path]
+    job_id: str = ""
+    error: str = ""
 
 
 class ServiceClient:
@@ -81,29 +93,81 @@ class ServiceClient:
             reason = response.json().get("error")
         except ValueError:  # not our JSON: a proxy's error page, say
             reason = response.reason
-        raise ServiceError(f"{what} ({response.status_code}): {reason}", response.status_code)
+        retry_after = response.headers.get("Retry-After")
+        raise ServiceError(f"{what} ({response.status_code}): {reason}", response.status_code,
+                           float(retry_after) if retry_after and retry_after.isdigit() else None)
 
     def classify_files(self, paths: list[Path], batch: int = 50, timeout: float = 600) -> list[dict]:
-        """Upload in batches, then follow every job to the end with a progress bar."""
-        jobs = []
+        """Upload in requests of `batch` files, then follow every job to the end with a progress bar:
+        each file's result in the order given, with the file's `path`. A request refused as a whole
+        does not end the run (see _send); only a missing key or a service that does not answer do
+        (ServiceError). Images not labelled within `timeout` seconds say so in their error."""
+        deadline = time.monotonic() + timeout
         with tqdm(total=len(paths), unit="img", desc="classifying", disable=None) as bar:
-            for start in range(0, len(paths), batch):
-                chunk = paths[start:start + batch]
-                jobs.append(self.submit([(p.name, p.read_bytes()) for p in chunk])["job_id"])
+            sent = [part for start in range(0, len(paths), batch)
+                    for part in self._send(paths[start:start + batch], deadline)]
+            refused = sum(len(part.paths) for part in sent if part.error)
+            jobs = [part.job_id for part in sent if part.job_id]
             finished: dict[str, dict] = {}
             progress: dict[str, int] = {}
-            deadline = time.monotonic() + timeout
             while len(finished) < len(jobs) and time.monotonic() < deadline:
                 for job_id in set(jobs) - finished.keys():
                     job = self.job(job_id)
                     progress[job_id] = job["finished"]
                     if job["status"] == "done":
                         finished[job_id] = job
-                bar.n = sum(progress.values())
+                bar.n = refused + sum(progress.values())
                 bar.refresh()
                 if len(finished) < len(jobs):
                     time.sleep(0.25)
-        return [image for job_id in jobs for image in (finished.get(job_id) or self.job(job_id))["images"]]
+        results = []
+        for part in sent:
+            if part.error:
+                results += [{"path": str(path), "name": path.name, "status": "error", "error": part.error}
+                            for path in part.paths]
+            else:
+                images = (finished.get(part.job_id) or self.job(part.job_id))["images"]
+                results += in_given_order(part.paths, [unfinished(image, part.job_id, timeout) for image in images])
+        return results
+
+    def _send(self, paths: list[Path], deadline: float) -> list[Sent]:
+        """Send `paths` as one job. Where the service refuses the request as a whole, a rate limit's
+        429 is sent again after its Retry-After (within the deadline); any other refusal (every file
+        bad, too many files or bytes, a 503, a 429 for more images than the limit allows at once)
+        sends the files one at a time, so that each gets its own answer and the good ones their label."""
+        while True:
+            try:
+                return [Sent(paths, job_id=self.submit([(p.name, p.read_bytes()) for p in paths])["job_id"])]
+            except ServiceError as exc:
+                if exc.status in (0, 401):  # no answer, no key: every other request would fail alike
+                    raise
+                if exc.retry_after is not None and time.monotonic() + exc.retry_after < deadline:
+                    time.sleep(exc.retry_after)
+                    continue
+                if len(paths) > 1:
+                    return [part for path in paths for part in self._send([path], deadline)]
+                return [Sent(paths, error=str(exc))]
+
+
+def in_given_order(paths: list[Path], images: list[dict]) -> list[dict]:
+    """A job's images matched to the files sent, by name in turn (the service lists the images it
+    refused at the edge last), each with its file's path, in the files' order."""
+    left = list(enumerate(paths))
+    matched = []
+    for image in images:
+        index, path = next(((i, p) for i, p in left if p.name == image["name"]), (len(paths), None))
+        if path is not None:
+            left.remove((index, path))
+        matched.append((index, {**image, "path": str(path) if path is not None else image["name"]}))
+    return [image for _, image in sorted(matched, key=lambda pair: pair[0])]
+
+
+def unfinished(image: dict, job_id: str, timeout: float) -> dict:
+    """An image still waiting when the CLI stopped waiting: an error saying so, and where to look."""
+    if image["status"] in ("done", "error"):
+        return image
+    return {**image, "error": f"not labelled within {timeout:g} s (still {image['status']}): raise --timeout, "
+                              f"or see GET /api/jobs/{job_id}"}
 
 
 def unauthorized_message(key_sent: bool, url: str) -> str:

@@ -115,13 +115,30 @@ class TickCollector:
                                 value=max(0.0, time.time() - tick["t"]))
 
 
+def controller_names() -> set[str]:
+    """The names of the controller's own counters."""
+    return {family.name for family in CONTROLLER.collect()}
+
+
+class Without:
+    """A collector's families but those named. In multiprocess mode every process that imports this
+    module writes the controller's counters into the folder too, at 0: the web tier's /metrics had
+    shown `daas_workers_launched_total 0` while the controller's counted launches."""
+
+    def __init__(self, collector, names: set[str]):
+        self.collector, self.names = collector, names
+
+    def collect(self):
+        return (family for family in self.collector.collect() if family.name not in self.names)
+
+
 def exposition(collector: TickCollector) -> tuple[bytes, str]:
     """The text format of every process's metrics (multiprocess mode when set up) and the tick's."""
     registry = CollectorRegistry()
     if os.environ.get(ENV):
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(Without(multiprocess.MultiProcessCollector(None), controller_names()))
     else:  # one process (Flask's test client, a development server): this process's own metrics
         for metric in (requests_total, images_accepted, images_classified, image_stage_seconds):
             registry.register(metric)

@@ -9,11 +9,13 @@ no limit of their own; 100 stalled uploads held 103 threads of the old developme
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import math
 import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -151,6 +153,30 @@ def serve(app: Callable, host: str, port: int, *, workers: int, threads: int, ti
 
     options["post_worker_init"] = post_worker_init
     _Server(read_timeout(app, timeout), options).run()
+
+
+def claim_web_port(settings: config.Settings, wait: float = 5.0) -> None:
+    """Refuse (SystemExit, one line) to start a second web tier on a port that one from this state
+    folder serves: both would bind (SO_REUSEPORT, above), the kernel would split the requests
+    between them, and the second would empty the first's metrics folder (seen: `daas web` run
+    beside `make run` zeroed its /metrics). The claim is a lock held until this process and its
+    gunicorn workers (which inherit it) have all exited; a restart waits up to `wait` seconds for
+    the workers of the tier it replaces to go."""
+    folder = settings.state_dir / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"web-{settings.web_port}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return  # the descriptor stays open: the claim lasts as long as the tier
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise SystemExit(f"daas web: a web tier from {settings.state_dir} already serves port "
+                                 f"{settings.web_port} (a `make run` still running?); stop it, or set DAAS_WEB_PORT "
+                                 "to another port") from None
+            time.sleep(0.1)
 
 
 def prepare_metrics_folder(settings: config.Settings) -> Path:

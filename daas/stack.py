@@ -38,14 +38,15 @@ def ports_in_use(settings: config.Settings, local_aws: bool = True) -> list[str]
     ports = {"web_port": settings.web_port, "flower_port": settings.flower_port}
     if local_aws:
         ports["aws_port"] = settings.aws_port
+    return [f"{port} ({config.ENV_VARS[name]})" for name, port in ports.items() if port and listening(settings, port)]
+
+
+def listening(settings: config.Settings, port: int) -> bool:
+    """Whether something accepts connections on `port` of the address our servers bind."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
-    busy = []
-    for name, port in ports.items():
-        with socket.socket() as sock:
-            sock.settimeout(1.0)
-            if port and sock.connect_ex((host, port)) == 0:
-                busy.append(f"{port} ({config.ENV_VARS[name]})")
-    return busy
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
 
 
 def wait_for_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None,

@@ -50,9 +50,12 @@ def manifest_key(job_id: str) -> str:
     return f"jobs/{job_id}.json"
 
 
+PACK_SUFFIX = ".pack"
+
+
 def pack_key(job_id: str, first_image_id: str) -> str:
     """Where the images of one task are stored, one after another: under its first image."""
-    return f"{job_id}/{first_image_id}.pack"
+    return f"{job_id}/{first_image_id}{PACK_SUFFIX}"
 
 
 def size_of(data: bytes | IO[bytes]) -> int:

@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from daas import aws, batches, callbacks, config, jobs
+from daas import aws, batches, callbacks, config, jobs, storage
 from daas.stack import Stack, child_env
 from tests.conftest import make_settings, skimage_photo, wait_for
 from tests.test_metrics import scrape
@@ -301,6 +301,9 @@ def test_globs_match_below_the_prefix_and_chunks_are_checked():
     assert batches.matches(batch, "a/x.jpg") and batches.matches(batch, "a/deep/x.jpg")
     assert not batches.matches(batch, "a/raw/x.jpg") and not batches.matches(batch, "a/x.png")
     assert not batches.matches(batch, "a/folder.jpg/")
+    everything = batches.new(config.Settings(stack="s"), {"source": "s3://s-input/"})
+    assert batches.matches(everything, "photos/x.jpg")  # the default glob takes every key...
+    assert not batches.matches(everything, storage.pack_key("0" * 32, "1" * 32))  # ...but the web tier's packs
     assert batches.invalid_chunk("0" * 32, 3, ["a/x.jpg"], 10) is None
     assert "batch id" in batches.invalid_chunk("jobs", 3, ["a"], 10)
     assert "keys" in batches.invalid_chunk("0" * 32, 3, [], 10)

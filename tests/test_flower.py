@@ -33,6 +33,10 @@ def test_flower_sees_workers_and_tasks_and_nothing_is_left_behind(local_aws, tmp
         flower = stack.start_flower()
         auth = ("ops", "pw")
         assert requests.get(f"{flower}/api/workers", timeout=10).status_code == 401  # basic auth on
+        second = subprocess.run([sys.executable, "-m", "daas", "flower"], env=child_env(settings), capture_output=True,
+                                text=True, timeout=60)  # its port is taken: one line, not an OSError's traceback
+        assert second.returncode == 1 and second.stderr.startswith(
+            f"daas flower: port {settings.flower_port} is in use"), second.stderr
         worker = stack.start_worker()
         job = service.submit([("coffee.png", skimage_photo("coffee.png")), ("camera.png", skimage_photo("camera.png"))])
         service.wait_job(job.json()["job_id"])

@@ -3,12 +3,14 @@ parser, with its counters moving as images flow through a worker (issue 20)."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from daas.stack import Stack
+from daas.stack import Stack, child_env
 from tests.conftest import make_settings, skimage_photo, wait_for
 
 
@@ -66,6 +68,8 @@ def test_metrics_count_requests_images_and_stages_across_the_web_processes(local
 
         ticked = wait_for(drained, 60, "the tick's gauges")
         assert ticked[("daas_launch_refused", ())] == 0
+        # The controller's counters are the controller's alone: not zeros in the web tier's answer.
+        assert not {name for name, _ in ticked if name.startswith(("daas_workers_launched", "daas_callbacks"))}
         assert 0 <= ticked[("daas_autoscaler_tick_age_seconds", ())] < 60
 
         # The controller's own: nothing launched (its one worker was started by hand), nothing given up.
@@ -74,3 +78,12 @@ def test_metrics_count_requests_images_and_stages_across_the_web_processes(local
         for counter in ("daas_workers_launched_total", "daas_workers_retired_total", "daas_launch_refusals_total",
                         "daas_dead_letter_images_total"):
             assert controller[(counter, ())] == 0
+
+        # A second web tier from the same folder and port is refused in one line, and the running
+        # one keeps its counters (it would have emptied their folder, and shared the port).
+        second = subprocess.run([sys.executable, "-m", "daas", "web"], env=child_env(settings), capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 1 and second.stderr.strip().splitlines() == [
+            f"daas web: a web tier from {settings.state_dir} already serves port {settings.web_port} (a `make run` "
+            "still running?); stop it, or set DAAS_WEB_PORT to another port"], second.stderr
+        assert scrape(url)[("daas_images_accepted_total", ())] == 6
