@@ -145,3 +145,11 @@ def test_no_credentials_for_the_local_endpoint_says_that_any_will_do(tmp_path):
     assert init.returncode == 1 and init.stderr.strip().splitlines() == [
         "daas init: Unable to locate credentials (the local endpoint takes any: AWS_ACCESS_KEY_ID=testing "
         "AWS_SECRET_ACCESS_KEY=testing, as `daas up` sets them for its processes)"], init.stderr
+
+
+def test_make_installs_a_daas_command_beside_python():
+    from pathlib import Path
+
+    command = Path(sys.executable).parent / "daas"
+    run = subprocess.run([str(command), "classify", "--help"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "--csv" in run.stdout, run.stderr
