@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 from daas import config
 from daas.bench import BENCHMARKS
@@ -221,13 +222,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
                                                                        timeout=args.timeout)
     except ServiceError as exc:  # a missing or wrong key, no service: one line, no traceback
         raise SystemExit(str(exc)) from None
-    failed = 0
-    for result in results:
-        if result["status"] == "done":
-            print(f"{result['path']}: {result['label']} ({result['score']:.2f})")
-        else:
-            failed += 1
-            print(f"{result['path']}: ERROR {result.get('error') or result['status']}")
+    print_lines(f"{r['path']}: {r['label']} ({r['score']:.2f})" if r["status"] == "done" else
+                f"{r['path']}: ERROR {r.get('error') or r['status']}" for r in results)
+    failed = sum(r["status"] != "done" for r in results)
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -285,8 +282,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         timeline.plot(records, Path(args.plot))
         print(f"wrote {args.plot} ({len(records)} scaling decisions)")
     else:
-        for record in records[-args.last:]:
-            print(json.dumps(record))  # one JSON object a line: for jq, grep and people alike
+        print_lines(json.dumps(record) for record in records[-args.last:])  # JSON lines: for jq, grep and people
     return 0
 
 
@@ -347,7 +343,7 @@ def parser() -> argparse.ArgumentParser:
     classify.add_argument("--key", default=settings.api_key,
                           help="API key, for a service with DAAS_API_KEYS (default: $DAAS_API_KEY)")
     classify.add_argument("--csv", help="also write the results to this CSV file")
-    classify.add_argument("--batch", type=int, default=50, help="images per upload request")
+    classify.add_argument("--batch", type=at_least_one, default=50, help="images per upload request")
     classify.add_argument("--timeout", type=float, default=600, help="seconds to wait for all labels")
     classify.set_defaults(func=cmd_classify)
 
@@ -402,6 +398,17 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def print_lines(lines: Iterable[str]) -> None:
+    """Print to stdout; a reader that goes away (`daas timeline | head`) ends the command quietly."""
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit fails else
+        raise SystemExit(141) from None
+
+
 def credentials_hint(exc: Exception) -> str:
     """What to do about boto3 finding no credentials: the local endpoint takes any."""
     from botocore.exceptions import NoCredentialsError
@@ -446,6 +453,3 @@ def main(argv: list[str] | None = None) -> int:
     except BotoCoreError as exc:  # no credentials, an endpoint that does not answer
         print(f"daas {args.command}: {exc}{credentials_hint(exc)}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # `daas timeline | head` stopped reading: not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit fails else
-        return 141

@@ -93,73 +93,72 @@ class ServiceClient:
             reason = response.json().get("error")
         except ValueError:  # not our JSON: a proxy's error page, say
             reason = response.reason
-        retry_after = response.headers.get("Retry-After")
         raise ServiceError(f"{what} ({response.status_code}): {reason}", response.status_code,
-                           float(retry_after) if retry_after and retry_after.isdigit() else None)
+                           retry_after(response.headers.get("Retry-After")))
 
     def classify_files(self, paths: list[Path], batch: int = 50, timeout: float = 600) -> list[dict]:
         """Upload in requests of `batch` files, then follow every job to the end with a progress bar:
         each file's result in the order given, with the file's `path`. A request refused as a whole
-        does not end the run (see _send); only a missing key or a service that does not answer do
-        (ServiceError). Images not labelled within `timeout` seconds say so in their error."""
+        does not end the run (see _send), nor does a poll that fails (it is tried again); only a
+        missing or wrong key or a service that does not answer do (ServiceError). Images not
+        labelled within `timeout` seconds say so in their error."""
         deadline = time.monotonic() + timeout
         with tqdm(total=len(paths), unit="img", desc="classifying", disable=None) as bar:
             sent = [part for start in range(0, len(paths), batch)
                     for part in self._send(paths[start:start + batch], deadline)]
             refused = sum(len(part.paths) for part in sent if part.error)
-            jobs = [part.job_id for part in sent if part.job_id]
-            finished: dict[str, dict] = {}
-            progress: dict[str, int] = {}
-            while len(finished) < len(jobs) and time.monotonic() < deadline:
-                for job_id in set(jobs) - finished.keys():
-                    job = self.job(job_id)
-                    progress[job_id] = job["finished"]
-                    if job["status"] == "done":
-                        finished[job_id] = job
-                bar.n = refused + sum(progress.values())
+            jobs = {part.job_id: {} for part in sent if part.job_id}  # job id: its latest state
+            while time.monotonic() < deadline:
+                for job_id in [job_id for job_id, job in jobs.items() if job.get("status") != "done"]:
+                    jobs[job_id] = self._poll(job_id) or jobs[job_id]
+                bar.n = refused + sum(job.get("finished", 0) for job in jobs.values())
                 bar.refresh()
-                if len(finished) < len(jobs):
-                    time.sleep(0.25)
+                if all(job.get("status") == "done" for job in jobs.values()):
+                    break
+                time.sleep(0.25)
         results = []
         for part in sent:
-            if part.error:
-                results += [{"path": str(path), "name": path.name, "status": "error", "error": part.error}
-                            for path in part.paths]
-            else:
-                images = (finished.get(part.job_id) or self.job(part.job_id))["images"]
-                results += in_given_order(part.paths, [unfinished(image, part.job_id, timeout) for image in images])
+            images = [unfinished(image, part.job_id, timeout) for image in jobs[part.job_id].get("images", [])] \
+                if part.job_id else []
+            for index, path in enumerate(part.paths):
+                # The service lists a job's images in the order of the files sent.
+                image = images[index] if index < len(images) else {
+                    "name": path.name, "status": "error",
+                    "error": part.error or f"no answer about it from the service within {timeout:g} s"}
+                results.append({**image, "path": str(path)})
         return results
+
+    def _poll(self, job_id: str) -> dict | None:
+        """A job's state, or None where this poll failed (a web tier restarting, say): the next one retries."""
+        try:
+            return self.job(job_id)
+        except ServiceError as exc:
+            if exc.status == 401:
+                raise
+            return None
 
     def _send(self, paths: list[Path], deadline: float) -> list[Sent]:
         """Send `paths` as one job. Where the service refuses the request as a whole, a rate limit's
         429 is sent again after its Retry-After (within the deadline); any other refusal (every file
         bad, too many files or bytes, a 503, a 429 for more images than the limit allows at once)
-        sends the files one at a time, so that each gets its own answer and the good ones their label."""
+        sends each half on its own, down to single files, so that each bad file gets its own
+        answer and the good ones their label. A file that cannot be read is a refusal of its own."""
         while True:
             try:
                 return [Sent(paths, job_id=self.submit([(p.name, p.read_bytes()) for p in paths])["job_id"])]
+            except OSError as exc:  # a file that cannot be read (a permission, a file gone since the scan)
+                refusal = f"cannot read the file: {exc.strerror or exc}"
             except ServiceError as exc:
                 if exc.status in (0, 401):  # no answer, no key: every other request would fail alike
                     raise
                 if exc.retry_after is not None and time.monotonic() + exc.retry_after < deadline:
                     time.sleep(exc.retry_after)
                     continue
-                if len(paths) > 1:
-                    return [part for path in paths for part in self._send([path], deadline)]
-                return [Sent(paths, error=str(exc))]
-
-
-def in_given_order(paths: list[Path], images: list[dict]) -> list[dict]:
-    """A job's images matched to the files sent, by name in turn (the service lists the images it
-    refused at the edge last), each with its file's path, in the files' order."""
-    left = list(enumerate(paths))
-    matched = []
-    for image in images:
-        index, path = next(((i, p) for i, p in left if p.name == image["name"]), (len(paths), None))
-        if path is not None:
-            left.remove((index, path))
-        matched.append((index, {**image, "path": str(path) if path is not None else image["name"]}))
-    return [image for _, image in sorted(matched, key=lambda pair: pair[0])]
+                refusal = str(exc)
+            if len(paths) > 1:
+                half = len(paths) // 2
+                return self._send(paths[:half], deadline) + self._send(paths[half:], deadline)
+            return [Sent(paths, error=refusal)]
 
 
 def unfinished(image: dict, job_id: str, timeout: float) -> dict:
@@ -168,6 +167,15 @@ def unfinished(image: dict, job_id: str, timeout: float) -> dict:
         return image
     return {**image, "error": f"not labelled within {timeout:g} s (still {image['status']}): raise --timeout, "
                               f"or see GET /api/jobs/{job_id}"}
+
+
+def retry_after(header: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (a whole second at least: "0" would resend at
+    once, again and again); None where there is none or it is an HTTP date (ours sends seconds)."""
+    try:
+        return max(1.0, float(header)) if header else None
+    except ValueError:
+        return None
 
 
 def unauthorized_message(key_sent: bool, url: str) -> str:

@@ -285,7 +285,8 @@ class Settings:
         problems += [f"{ENV_VARS[name]}={getattr(self, name):g}: must be 0 or more"
                      for name in zero_or_more if getattr(self, name) < 0]
         if self.scale_min > self.scale_max:
-            problems.append(f"DAAS_SCALE_MIN={self.scale_min} is more than DAAS_SCALE_MAX={self.scale_max}")
+            problems.append(f"DAAS_SCALE_MIN={self.scale_min} is more than DAAS_SCALE_MAX={self.scale_max} (its "
+                            "default: the core count locally, 20 on EC2)")
         return "; ".join(problems)
 
     def _stall_outlasts_polls(self) -> str:

@@ -82,13 +82,24 @@ def submit(settings: Settings, uploads: list[Upload], owner: str = "", callback_
     could be, Rejected (503). With `callback_url`, the job's status is POSTed there when it is done
     (daas.callbacks), signed with `api_key`'s secret."""
     secret = callback(settings, callback_url, api_key) if callback_url else ""
-    job, keys, errors = enqueue(settings, *check(settings, uploads), owner=owner,
-                                extra={"callback_url": callback_url} if callback_url else {})
+    accepted, rejected = check(settings, uploads)
+    job, keys, errors = enqueue(settings, accepted, rejected, owner=owner,
+                                extra={"callback_url": callback_url} if callback_url else {},
+                                order=in_upload_order(uploads, accepted, rejected))
     if errors and not keys:
         raise Rejected("; ".join(sorted(set(errors.values()))), 503)
     if callback_url:
         callbacks.register(settings, "job", job["job_id"], callback_url, secret, owner)
     return {**job, "queued": len(keys)}
+
+
+def in_upload_order(uploads: list[Upload], accepted: list, rejected: list) -> list[dict]:
+    """The images of `check`'s two lists in the order of the request's files, so that a client can
+    pair the job's images with the files it sent by position (each list keeps that order; an
+    accepted image carries its upload's data)."""
+    taken = {id(data) for _, data in accepted}
+    accepted_images, rejected_images = iter(image for image, _ in accepted), iter(image for image, _ in rejected)
+    return [next(accepted_images if id(upload.data) in taken else rejected_images) for upload in uploads]
 
 
 def callback(settings: Settings, url: str, api_key: str) -> str:
@@ -106,7 +117,8 @@ def not_queued(reason: str) -> str:
 
 
 def enqueue(settings: Settings, accepted: list, rejected: list = (), owner: str = "",
-            keep: Callable[[list[dict]], list[dict]] | None = None, extra: dict | None = None) -> tuple[dict, dict[str, str], dict[str, str]]:
+            keep: Callable[[list[dict]], list[dict]] | None = None, extra: dict | None = None,
+            order: list[dict] | None = None) -> tuple[dict, dict[str, str], dict[str, str]]:
     """Store checked images as one job and enqueue them in chunks: (the job, {image id: the
     results key of its chunk} for the images enqueued, {image id: why not} for the others).
 
@@ -116,10 +128,11 @@ def enqueue(settings: Settings, accepted: list, rejected: list = (), owner: str 
     manifest that is not enqueued gets an error result, so the job finishes (issue 16: a send
     failing mid-loop had left jobs "running" for ever). `owner` (a hash of the API key, see
     web.auth.owner) is recorded in the manifest: only that key reads the job. `extra` goes into the
-    manifest (a callback's URL). Raises Rejected (503) when the job itself could not be stored:
-    then nothing was enqueued."""
+    manifest (a callback's URL). `order`: the images as the job lists them (default: the accepted,
+    then the rejected). Raises Rejected (503) when the job itself could not be stored: then nothing
+    was enqueued."""
     job_id = new_id()
-    images = [image for image, _ in accepted] + [image for image, _ in rejected]
+    images = order or [image for image, _ in accepted] + [image for image, _ in rejected]
     stored, errors = _store(settings, {"job_id": job_id, "created": time.time(), "images": images,
                                        **({"owner": owner} if owner else {}), **(extra or {})}, accepted, rejected)
     everything = [image for pack in stored for image in pack.images]

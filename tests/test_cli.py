@@ -86,21 +86,21 @@ def test_a_request_refused_whole_does_not_end_the_run_and_each_file_gets_its_own
     """Files the service refuses all together (400) are sent again one at a time, each with its
     own reason; the other requests go on; results come in the files' order, named by their path;
     what is not an image is counted, not sent."""
-    photo = skimage_photo("coffee.png")
-    for folder in ("cats", "dogs"):
+    for folder, data in (("cats", b""), ("dogs", skimage_photo("coffee.png"))):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "1.png").write_bytes(photo)  # the same name in two folders
+        (tmp_path / folder / "1.png").write_bytes(data)  # one name in two folders, sent in one request
     (tmp_path / "a_empty.jpg").write_bytes(b"")
     (tmp_path / "b_text.jpg").write_bytes(b"not an image at all")
     (tmp_path / "notes.txt").write_text("skipped")
     run = classify(keyed_service[0], tmp_path, "--batch", "2", "--csv", str(tmp_path / "out.csv"), key=KEY)
-    assert run.returncode == 1, run.stderr  # two files failed
+    assert run.returncode == 1, run.stderr  # three files failed
     lines = run.stdout.splitlines()
     assert [line.split(": ")[0] for line in lines] == [
         str(tmp_path / name) for name in ("a_empty.jpg", "b_text.jpg", "cats/1.png", "dogs/1.png")]
     assert lines[0].endswith("ERROR upload rejected (400): a_empty.jpg: the file is empty"), lines[0]
     assert "b_text.jpg: " in lines[1] and "a_empty" not in lines[1], lines[1]
-    assert all(": espresso (" in line for line in lines[2:]), lines
+    assert lines[2] == f"{tmp_path / 'cats/1.png'}: ERROR the file is empty", lines  # its own answer, not dogs'
+    assert lines[3].startswith(f"{tmp_path / 'dogs/1.png'}: espresso ("), lines
     assert "skipped 1 file(s) in the folders without an image suffix" in run.stderr, run.stderr
     rows = list(csv.DictReader(open(tmp_path / "out.csv")))
     assert [row["path"] for row in rows] == [line.split(": ")[0] for line in lines]

@@ -114,7 +114,9 @@ def test_truncated_image_gets_a_per_image_error_and_the_worker_goes_on(service):
 
 def test_mixed_batch_keeps_good_images_and_reports_bad_ones(service):
     job = service.submit([("empty.png", b""), ("ok.jpg", jpeg())]).json()
+    assert [image["name"] for image in job["images"]] == ["empty.png", "ok.jpg"]  # the files' order
     done = service.wait_job(job["job_id"])
+    assert [image["name"] for image in done["images"]] == ["empty.png", "ok.jpg"]
     by_name = {image["name"]: image for image in done["images"]}
     assert by_name["empty.png"]["status"] == "error" and "empty" in by_name["empty.png"]["error"]
     assert by_name["ok.jpg"]["status"] == "done"

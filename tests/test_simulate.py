@@ -88,8 +88,9 @@ def test_verdicts_name_what_is_worse_and_which_kind_of_loss_it_is():
     assert judged["both"].words == "slower p99 and dearer"
     # Slower than a peer whose p99 no policy from zero could reach: a loss of its own kind.
     from_zero = simulate.verdicts(rows, "ours", floor=8.0)
-    assert from_zero["both"] == simulate.Verdict(
-        "from zero", "slower p99 and dearer: no policy from zero can be as fast (p99 >= 8.0 s)")
+    assert from_zero["fast"] == simulate.Verdict(
+        "from zero", "slower p99: no policy from zero can be as fast (p99 >= 8.0 s)")
+    assert from_zero["both"].kind == "dominated"  # its p99 is out of reach from zero, its cost is not
     assert from_zero["faster, as cheap"].kind == "dominated"  # its 9 s is above the floor: within reach
 
 

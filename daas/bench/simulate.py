@@ -416,10 +416,11 @@ def dearer(usd: float, than: float) -> bool:
 @dataclass(frozen=True)
 class Verdict:
     """How ours compares with one peer. kind: "" where ours is at least as good on p99 at no more
-    cost; "from zero" where it is slower and no policy that starts from zero workers could be as
-    fast (the peer's workers were booted before the trace: see from_zero_floor); "trade" where it
-    is slower but cheaper, or dearer but faster; "dominated" where it is worse on one and no
-    better on the other."""
+    cost; "from zero" where it is slower at no more cost and no policy that starts from zero
+    workers could be as fast (the peer's workers were booted before the trace: see
+    from_zero_floor); "trade" where it is slower but cheaper, or dearer but faster; "dominated"
+    where it is worse on one and no better on the other (dearer and slower included, even where
+    the p99 is out of reach from zero: the cost is not)."""
 
     kind: str
     words: str
@@ -432,7 +433,7 @@ def verdict(mine: dict, theirs: dict, floor: float | None = None) -> Verdict:
     worse = " and ".join(why for why, bad in (("slower p99", is_slower), ("dearer", is_dearer)) if bad)
     if not worse:
         return Verdict("", "")
-    if is_slower and floor is not None and slower(floor, theirs["p99_s"]):
+    if is_slower and not is_dearer and floor is not None and slower(floor, theirs["p99_s"]):
         return Verdict("from zero", f"{worse}: no policy from zero can be as fast (p99 >= {floor:.1f} s)")
     if is_slower and not is_dearer and dearer(theirs["usd_on_demand"], mine["usd_on_demand"]):
         return Verdict("trade", f"{worse}, {theirs['usd_on_demand'] / mine['usd_on_demand']:.2f}x cheaper")
