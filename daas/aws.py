@@ -24,6 +24,17 @@ def _client(service: str, endpoint: str, region: str, role: str):
     return boto3.session.Session().client(service, endpoint_url=endpoint or None, region_name=region, config=config)
 
 
+def check_queue(settings: Settings) -> None:
+    """Raise botocore's error (no credentials, no endpoint, no queue) unless the classify queue can
+    be found, with a client of its own: a server calls this before it forks its workers, and the
+    cached clients of `client` must not be shared across a fork (their pooled connections)."""
+    sqs = _client.__wrapped__("sqs", settings.aws_endpoint, settings.region, ROLE)
+    try:
+        sqs.get_queue_url(QueueName=settings.queue)
+    finally:
+        sqs.close()
+
+
 def error_message(exc) -> str:
     """AWS's own words for a refused call (a botocore ClientError), for a person to read."""
     return exc.response.get("Error", {}).get("Message") or str(exc)

@@ -143,6 +143,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     # The status panel reads Flower's task counts, with Flower's password.
     settings, _ = flower_credentials(with_secrets(loaded))
     aws.ROLE = "web"
+    # Missing credentials or queue in one line (main), where each gunicorn worker's boot printed a traceback
+    aws.check_queue(settings)
     limit_malloc_arenas()
     serve(create_app(settings), settings.host, settings.web_port, **web_serving(settings),
           warm_up=lambda: warm_up(settings))

@@ -78,6 +78,9 @@ def test_an_aws_endpoint_that_does_not_answer_is_told_in_one_line(tmp_path):
     init = subprocess.run([sys.executable, "-m", "daas", "init"], env=env, capture_output=True, text=True, timeout=120)
     assert init.returncode == 1 and "Traceback" not in init.stderr, init.stderr
     assert init.stderr.startswith("daas init: Could not connect to the endpoint URL"), init.stderr
+    web = subprocess.run([sys.executable, "-m", "daas", "web"], env={**env, "DAAS_WEB_PORT": str(free_port())},
+                         capture_output=True, text=True, timeout=120)  # before gunicorn: no worker's traceback
+    assert web.returncode == 1 and web.stderr.startswith("daas web: Could not connect to the endpoint URL"), web.stderr
     timeline = subprocess.run([sys.executable, "-m", "daas", "timeline"], env=env, capture_output=True, text=True, timeout=60)
     assert timeline.returncode == 1 and timeline.stderr.startswith("no scaling decisions recorded yet in"), timeline.stderr
 
