@@ -143,11 +143,14 @@ class ServiceClient:
         bad, too many files or bytes, a 503, a 429 for more images than the limit allows at once)
         sends each half on its own, down to single files, so that each bad file gets its own
         answer and the good ones their label. A file that cannot be read is a refusal of its own."""
-        while True:
+        refusal = ""
+        try:
+            files = [(p.name, p.read_bytes()) for p in paths]
+        except OSError as exc:  # a permission, a file gone since the scan (read first: requests' errors are OSErrors)
+            refusal = f"cannot read the file: {exc.strerror or exc}"
+        while not refusal:
             try:
-                return [Sent(paths, job_id=self.submit([(p.name, p.read_bytes()) for p in paths])["job_id"])]
-            except OSError as exc:  # a file that cannot be read (a permission, a file gone since the scan)
-                refusal = f"cannot read the file: {exc.strerror or exc}"
+                return [Sent(paths, job_id=self.submit(files)["job_id"])]
             except ServiceError as exc:
                 if exc.status in (0, 401):  # no answer, no key: every other request would fail alike
                     raise
@@ -155,10 +158,10 @@ class ServiceClient:
                     time.sleep(exc.retry_after)
                     continue
                 refusal = str(exc)
-            if len(paths) > 1:
-                half = len(paths) // 2
-                return self._send(paths[:half], deadline) + self._send(paths[half:], deadline)
-            return [Sent(paths, error=refusal)]
+        if len(paths) > 1:
+            half = len(paths) // 2
+            return self._send(paths[:half], deadline) + self._send(paths[half:], deadline)
+        return [Sent(paths, error=refusal)]
 
 
 def unfinished(image: dict, job_id: str, timeout: float) -> dict:

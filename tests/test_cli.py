@@ -156,3 +156,13 @@ def test_make_installs_a_daas_command_beside_python():
     command = Path(sys.executable).parent / "daas"
     run = subprocess.run([str(command), "classify", "--help"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "--csv" in run.stdout, run.stderr
+
+
+def test_a_file_that_cannot_be_read_is_a_refusal_of_its_own(tmp_path):
+    import time
+
+    from daas.client import ServiceClient
+
+    gone = tmp_path / "gone.png"  # listed, then deleted before it was sent
+    sent = ServiceClient("http://127.0.0.1:9")._send([gone], time.monotonic() + 5)  # no request is made
+    assert [(part.paths, part.error) for part in sent] == [([gone], "cannot read the file: No such file or directory")]
