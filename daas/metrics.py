@@ -59,6 +59,7 @@ batch_images_finished = Counter("daas_batch_images_finished", "images of finishe
                                 "outcome", ["outcome"], registry=CONTROLLER)
 callbacks_sent = Counter("daas_callbacks", "completion callbacks, by outcome (delivered, failed)", ["outcome"],
                          registry=CONTROLLER)
+CONTROLLER_NAMES = {family.name for family in CONTROLLER.collect()}  # its counters' names, read once
 
 
 def serve_controller(settings: config.Settings) -> None:
@@ -115,11 +116,6 @@ class TickCollector:
                                 value=max(0.0, time.time() - tick["t"]))
 
 
-def controller_names() -> set[str]:
-    """The names of the controller's own counters."""
-    return {family.name for family in CONTROLLER.collect()}
-
-
 class Without:
     """A collector's families but those named. In multiprocess mode every process that imports this
     module writes the controller's counters into the folder too, at 0: the web tier's /metrics had
@@ -138,7 +134,7 @@ def exposition(collector: TickCollector) -> tuple[bytes, str]:
     if os.environ.get(ENV):
         from prometheus_client import multiprocess
 
-        registry.register(Without(multiprocess.MultiProcessCollector(None), controller_names()))
+        registry.register(Without(multiprocess.MultiProcessCollector(None), CONTROLLER_NAMES))
     else:  # one process (Flask's test client, a development server): this process's own metrics
         for metric in (requests_total, images_accepted, images_classified, image_stage_seconds):
             registry.register(metric)
