@@ -74,11 +74,7 @@ def create_app(settings: config.Settings | None = None) -> Flask:
             message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         else:
             message = error.description
-        response = jsonify(error=message)
-        response.status_code = error.code
-        if allowed:
-            response.headers["Allow"] = allowed
-        return response
+        return auth.error(message, error.code, **({"Allow": allowed} if allowed else {}))
 
     return app
 
